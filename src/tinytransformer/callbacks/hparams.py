@@ -1,0 +1,54 @@
+"""TensorBoard's HPARAMS tab: flat hyperparameters with real metrics (never `hp_metric = -1`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+HP_METRICS = (
+    "hp/val_loss_best",
+    "hp/val_bpc_best",
+    "hp/train_loss_final",
+    "hp/generalization_gap",
+    "hp/best_step",
+)
+
+
+class HParamsLogger(L.Callback):
+    """Registers `params` with the hp/ metrics at fit start, then logs the metrics after each validation.
+
+    TensorBoard builds its columns from the keys of the first runs it sees, so every run of a sweep must log
+    the same flat key set: `params` comes from `flat_hparams(cfg)`.
+    """
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.global_step == 0:
+                logger.log_hyperparams(self.params, {key: math.nan for key in HP_METRICS})
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        summary = next((c for c in trainer.callbacks if type(c).__name__ == "RunSummary"), None)
+        if summary is None or "best_val_bpc" not in summary.state:
+            return
+        s = summary.state
+        metrics = {
+            "hp/val_loss_best": s["best_val_loss"],
+            "hp/val_bpc_best": s["best_val_bpc"],
+            "hp/best_step": s["best_step"],
+        }
+        if "final_train_loss" in s:
+            metrics["hp/train_loss_final"] = s["final_train_loss"]
+            metrics["hp/generalization_gap"] = s["final_val_loss"] - s["final_train_loss"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,83 @@
+"""Periodic sample generation: printed, written to TensorBoard's TEXT tab, scored, optionally a stop rule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from tinytransformer.batches import mix_seed
+from tinytransformer.generation import generate
+from tinytransformer.quality import SampleScorer
+
+
+class SampleGeneration(L.Callback):
+    """Every `every_n_steps` optimizer steps, sample `max_new_tokens` after `prompt` and log it.
+
+    The sample's quality (`sample/word_share`, and `sample/sentence_share` on the built-in corpus) is
+    logged; with `stop_at_quality`, training stops once it is reached. Sampling uses its own generator, so
+    it never changes the training run's random stream.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        prompt: str = "The cat",
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        stop_at_quality: float | None = None,
+        print_samples: bool = True,
+    ):
+        self.every_n_steps, self.prompt, self.max_new_tokens = every_n_steps, prompt, max_new_tokens
+        self.temperature, self.top_k = temperature, top_k
+        self.stop_at_quality, self.print_samples = stop_at_quality, print_samples
+        self.scorer: SampleScorer | None = None
+        self.last_scores: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        self.scorer = SampleScorer(dm.corpus.text, grammar_known=dm.corpus.entropy_floor_bpc is not None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if (
+            self.every_n_steps <= 0
+            or step % self.every_n_steps
+            or step == 0
+            or trainer.fit_loop._should_accumulate()
+        ):
+            return
+        text = self.sample(trainer, pl_module, step) if trainer.is_global_zero else ""
+        scores = self.scorer.score(text[len(self.prompt) :]) if trainer.is_global_zero else {}
+        self._log(trainer, step, text, scores)
+        if self.stop_at_quality is not None:
+            reached = trainer.strategy.broadcast(
+                scores.get(self.scorer.quality_key, 0.0) >= self.stop_at_quality
+            )
+            if reached:
+                trainer.should_stop = True
+                trainer.stop_reason = "sample_quality"
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str:
+        tokenizer = trainer.datamodule.tokenizer
+        prompt_ids = tokenizer.encode(self.prompt) or [0]
+        idx = torch.tensor([prompt_ids], device=pl_module.device)
+        generator = torch.Generator(pl_module.device).manual_seed(mix_seed(pl_module.hparams.seed, step, 2))
+        out = generate(
+            pl_module.model, idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator
+        )
+        return tokenizer.decode(out[0].tolist())
+
+    @rank_zero_only
+    def _log(self, trainer: L.Trainer, step: int, text: str, scores: dict[str, float]) -> None:
+        self.last_scores = scores
+        if self.print_samples:
+            rank_zero_info(f"\n[sample @ step {step}] {text!r}")
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"sample/{k}": v for k, v in scores.items()}, step=step)
+            experiment = getattr(trainer.logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                # A code block keeps whitespace; TensorBoard's markdown would collapse it.
+                experiment.add_text("samples", f"```\n{text}\n```", global_step=step)

@@ -1,0 +1,94 @@
+"""The run's summary: best/final losses, stop reason and speed, written to metrics.json atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
+
+LN2 = math.log(2)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temporary file + rename: a kill mid-write leaves the previous file intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class RunSummary(L.Callback):
+    """Tracks best and final metrics; writes `metrics.json` after every validation and at the end.
+
+    Its state is saved in checkpoints, so a resumed run's summary is that of an uninterrupted run.
+    """
+
+    def __init__(self, path: str | Path, static: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.static = dict(static or {})  # known before training: vocab_size, params, entropy floor...
+        self.state: dict[str, Any] = {"best_val_loss": math.inf, "best_step": -1}
+        self._fit_start: float | None = None
+        self._start_step = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.state = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
+        self.state.pop("stop_reason", None)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        step = trainer.global_step
+        val_loss = float(m["val/loss"])
+        self.state.update(final_val_loss=val_loss, final_val_bpc=float(m["val/bpc"]), steps=step)
+        if "train/loss_avg" in m:
+            self.state["final_train_loss"] = float(m["train/loss_avg"])
+        if val_loss < self.state["best_val_loss"]:
+            self.state.update(best_val_loss=val_loss, best_val_bpc=float(m["val/bpc"]), best_step=step)
+        self.write(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.state["steps"] = trainer.global_step
+        self.state["stop_reason"] = stop_reason(trainer)
+        if self._fit_start is not None:
+            wall = time.perf_counter() - self._fit_start
+            tokens = (trainer.global_step - self._start_step) * trainer.datamodule.tokens_per_step(trainer)
+            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
+        self.write(trainer)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.static, **self.state}
+
+    @rank_zero_only
+    def write(self, trainer: L.Trainer) -> None:
+        write_json_atomic(self.path, self.summary())
+
+
+def stop_reason(trainer: L.Trainer) -> str:
+    """Why fit() returned: the first rule that fired."""
+    if getattr(trainer, "stop_reason", None):
+        return trainer.stop_reason  # set by our own callbacks (sample quality, signals, non-finite loss)
+    if trainer.interrupted:
+        return "interrupted"
+    for callback in trainer.callbacks:
+        if (isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0) or (
+            isinstance(callback, EarlyStopping) and callback.wait_count >= callback.patience
+        ):
+            return "early_stopping"
+    if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    if trainer.max_time is not None or any(type(c).__name__ == "Timer" for c in trainer.callbacks):
+        return "max_time"
+    return "unknown"

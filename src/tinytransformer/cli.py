@@ -1,0 +1,178 @@
+"""Command-line entry points: Hydra `key=value` overrides in, one summary (or one error line) out.
+
+Before Hydra creates a run dir, every override is composed and validated here ("pre-flight"), so a typo
+or an out-of-range value costs one line and exit code 2, and never leaves a run dir or touches an old one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
+
+from tinytransformer.errors import EXIT_USER_ERROR, UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "conf"
+_HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+
+
+def project_env() -> None:
+    """Paths in conf/ are absolute, under PROJECT_ROOT (the repo by default), never the working dir."""
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -> str:
+    """Hydra's multi-line composition errors, as one line that names the override and the fix."""
+    text = str(err)
+    if m := re.search(r"Could not override '([^']+)'", text):
+        key = m.group(1)
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key), "?")
+        hint = _close_keys(key, config_dir, overrides)
+        return f"{key}={value}: no such config key{hint}; to add a new key on purpose use +{key}={value}"
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = m.groups()
+        options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:2])
+
+
+def _close_keys(key: str, config_dir: Path, overrides: list[str]) -> str:
+    from hydra import compose, initialize_config_dir
+
+    parent, _, leaf = key.rpartition(".")
+    good = [o for o in overrides if not o.startswith(key)]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(
+                config_name="train", overrides=[o for o in good if "=" in o and "." not in o.split("=")[0]]
+            )
+        node = cfg.select(parent) if parent else cfg
+        matches = difflib.get_close_matches(leaf, list(node.keys()), n=1) if node is not None else []
+    except Exception:
+        matches = []
+    return f" (did you mean {parent + '.' if parent else ''}{matches[0]}?)" if matches else ""
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, hydra_flag) of a command line."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    hydra_flag = any(a.split("=")[0] in _HYDRA_FLAGS for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    return overrides, multirun, hydra_flag
+
+
+def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun: bool):
+    """Compose (first value of each sweep) and validate; returns the composed config with `hydra`."""
+    cfg = compose_config(config_dir, config_name, overrides, with_hydra=True)
+    if not multirun:
+        from tinytransformer.config import validate
+
+        validate(cfg)
+    return cfg
+
+
+def compose_config(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool):
+    """Compose like Hydra does (the first value of each sweep); errors become one-line UserErrors."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:
+        raise UserError(f"bad override syntax: {str(err).splitlines()[0]}") from None
+    single = [_first_value(o) if o.is_sweep_override() else o.input_line for o in parsed]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name=config_name, overrides=single, return_hydra_config=with_hydra)
+    except Exception as err:
+        raise UserError(compose_error_line(err, overrides, config_dir)) from None
+
+
+def _first_value(override) -> str:
+    first = next(iter(override.sweep_string_iterator()))
+    return f"{override.get_key_element()}={first}"
+
+
+def override_value(overrides: list[str], key: str) -> str | None:
+    for o in overrides:
+        if o.split("=", 1)[0] == key and "=" in o:
+            return o.split("=", 1)[1] or None
+    return None
+
+
+def train_main() -> None:
+    """`python scripts/train.py [key=value ...]`, `-m` for sweeps, `resume=<run dir>` to continue a run."""
+    from tinytransformer import runs
+
+    project_env()
+    argv = sys.argv[1:]
+    overrides, multirun, hydra_flag = parse_args(argv)
+    config_dir, config_name, extra = CONFIG_DIR, "train", []
+    try:
+        resume = override_value(overrides, "resume")
+        if resume:
+            run_dir = runs.check_resumable(resume, multirun)
+            config_dir, config_name = run_dir / ".hydra", "config"
+            extra = runs.resume_overrides(run_dir, CONFIG_DIR)
+        if not hydra_flag:
+            cfg = preflight(config_dir, config_name, overrides + extra, multirun)
+            if not multirun and not resume:
+                runs.refuse_existing_run(cfg.hydra.run.dir)
+    except UserError as err:
+        fail(str(err))
+    sys.argv = [sys.argv[0], *argv, *extra, f"--config-path={config_dir}", f"--config-name={config_name}"]
+    runs.hydra_train()
+
+
+def compose_cli(config_name: str, argv: list[str]):
+    """Compose conf/<config_name>.yaml with command-line overrides, without Hydra's run dir or logging."""
+    overrides, multirun, hydra_flag = parse_args(argv)
+    if multirun or hydra_flag:
+        raise UserError(f"{config_name}.py takes key=value overrides only (no -m or Hydra flags)")
+    cfg = compose_config(CONFIG_DIR, config_name, overrides, with_hydra=False)
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{missing[0]}: required; pass {missing[0]}=<value> (e.g. a run dir)")
+    return cfg
+
+
+def generate_main() -> None:
+    """`python scripts/generate.py ckpt_path=<run dir or .ckpt> prompt="The cat" max_new_tokens=200`."""
+    from tinytransformer.inference import generate_samples
+
+    project_env()
+    try:
+        cfg = compose_cli("generate", sys.argv[1:])
+        samples = generate_samples(cfg)
+    except UserError as err:
+        fail(str(err))
+    for i, text in enumerate(samples):
+        if len(samples) > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)
+
+
+def evaluate_main() -> None:
+    """`python scripts/evaluate.py ckpt_path=<run dir or .ckpt>`: prints one line per metric, as JSON too."""
+    import json
+
+    from tinytransformer.inference import evaluate_checkpoint
+
+    project_env()
+    try:
+        cfg = compose_cli("evaluate", sys.argv[1:])
+        results = evaluate_checkpoint(cfg)
+    except UserError as err:
+        fail(str(err))
+    print(json.dumps(results, indent=2))

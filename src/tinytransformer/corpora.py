@@ -1,0 +1,156 @@
+"""The text a run trains on: generated Tiny World, Tiny Shakespeare (downloaded once), or any text file."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tinytransformer import tiny_world
+from tinytransformer.errors import UserError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_FILE_NAME = "tinyshakespeare.txt"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A training text and where it came from."""
+
+    text: str
+    name: str  # "tiny_world", "shakespeare", or the file's name
+    entropy_floor_bpc: float | None  # the best achievable loss, known for tiny_world only
+    source: str  # a path, or how the text was generated
+
+
+def tiny_world_corpus(num_chars: int, seed: int) -> Corpus:
+    """Tiny World sentences, at least `num_chars` characters, the same for the same seed."""
+    return Corpus(
+        text=tiny_world.generate_text(num_chars, seed),
+        name="tiny_world",
+        entropy_floor_bpc=tiny_world.entropy_rate_bpc(),
+        source=f"generated (seed={seed}, chars={num_chars})",
+    )
+
+
+def read_text_file(
+    path: str | os.PathLike,
+    encoding: str = "utf-8",
+    key: str = "data.path",
+    encoding_key: str = "data.encoding",
+) -> str:
+    """The file's text with "\\r\\n" turned into "\\n"; a UserError naming `key` if it is not usable text."""
+    file = Path(path)
+    if not file.exists():
+        raise UserError(f"{key}: '{file}' does not exist; pass an existing {encoding} text file ({key}=...)")
+    if file.is_dir():
+        raise UserError(f"{key}: '{file}' is a directory; pass a text file inside it ({key}=<dir>/<file>)")
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise UserError(f"{key}: '{file}' cannot be read ({err.strerror}); check its permissions") from err
+    text = _decode(data, file, encoding, key, encoding_key)
+    if not text:
+        raise UserError(f"{key}: '{file}' is empty; pass a text file with text to train on")
+    if not text.strip():
+        raise UserError(f"{key}: '{file}' contains only whitespace; pass a text file with text to train on")
+    return text.replace("\r\n", "\n")
+
+
+def _decode(data: bytes, file: Path, encoding: str, key: str, encoding_key: str) -> str:
+    """`data` decoded, or a UserError that points at the first byte that is not text."""
+    try:
+        text = data.decode(encoding)
+    except LookupError as err:
+        raise UserError(
+            f"{encoding_key}: unknown encoding '{encoding}'; use a Python codec name such as utf-8 or latin-1"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{key}: '{file}' is not valid {encoding} at byte {err.start} (0x{data[err.start]:02x}); "
+            f"is it a binary file? If the text uses another encoding, set {encoding_key}=latin-1"
+        ) from err
+    if "\x00" in text:
+        offset = len(text[: text.index("\x00")].encode(encoding))
+        raise UserError(
+            f"{key}: '{file}' contains a NUL byte at byte {offset}; is it a binary file? "
+            f"If it is UTF-16 text, set {encoding_key}=utf-16"
+        )
+    return text
+
+
+def text_file_corpus(path: str | os.PathLike, encoding: str = "utf-8") -> Corpus:
+    """A corpus read from a local text file."""
+    file = Path(path)
+    return Corpus(
+        text=read_text_file(file, encoding),
+        name=file.name,
+        entropy_floor_bpc=None,
+        source=str(file.resolve()),
+    )
+
+
+def shakespeare_corpus(
+    path: str | None,
+    cache_dir: str,
+    url: str = SHAKESPEARE_URL,
+    sha256: str = SHAKESPEARE_SHA256,
+) -> Corpus:
+    """Tiny Shakespeare from `path` if given, else from `cache_dir`, downloading it there the first time."""
+    if path:
+        # A given path that is missing is a typo to report, not a reason to download.
+        file = Path(path)
+        text = read_text_file(file, key="data.path")
+    else:
+        file = Path(cache_dir) / SHAKESPEARE_FILE_NAME
+        if not file.exists():
+            download_file(url, file, sha256)
+        text = read_text_file(file, key="data.cache_dir")
+    return Corpus(text=text, name="shakespeare", entropy_floor_bpc=None, source=str(file.resolve()))
+
+
+def download_file(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) -> Path:
+    """Download `url` to `dest`; `dest` appears only once the whole file matches `sha256`."""
+    fix = f"pass data.path=<local copy of {dest.name}>"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary file in the same directory makes the final rename atomic: no partial file is cached.
+        handle, temporary = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as err:
+        raise UserError(f"data.cache_dir: cannot write to '{dest.parent}' ({err.strerror}); {fix}") from err
+    try:
+        with os.fdopen(handle, "wb") as out:
+            actual = _copy_url(url, out, timeout_s, fix)
+        if actual != sha256:
+            raise UserError(
+                f"download of {url} has sha256 {actual}, expected {sha256}; "
+                f"the file changed upstream or arrived corrupted; {fix}"
+            )
+        os.replace(temporary, dest)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return dest
+
+
+def _copy_url(url: str, out: BinaryIO, timeout_s: float, fix: str) -> str:
+    """Stream `url` into the open file `out`; returns the sha256 of what was written."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            while chunk := response.read(1 << 16):
+                digest.update(chunk)
+                out.write(chunk)
+    except urllib.error.HTTPError as err:
+        raise UserError(f"could not download {url}: HTTP {err.code} {err.reason}; {fix}") from err
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise UserError(f"could not download {url}: {reason}; check the network or {fix}") from err
+    return digest.hexdigest()

@@ -1,0 +1,152 @@
+"""The LightningDataModule: corpus -> tokenizer -> token stream -> train/val/test splits -> batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from tinytransformer.batches import Augment, RandomWindowBatches, StridedEvalBatches
+from tinytransformer.corpora import Corpus, shakespeare_corpus, text_file_corpus, tiny_world_corpus
+from tinytransformer.errors import UserError
+from tinytransformer.tokenizers import Tokenizer, create_tokenizer, tokenizer_from_dict
+
+
+@dataclass
+class DataConfig:
+    """What `conf/data/*.yaml` holds (the schema of the `data` group)."""
+
+    corpus: str = "tiny_world"  # tiny_world | text_file | shakespeare
+    path: str | None = None
+    encoding: str = "utf-8"
+    num_chars: int = 1_000_000  # size of the generated tiny_world corpus
+    cache_dir: str = "data/cache"
+    tokenizer: str = "char"
+    block_size: int = 64
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_eval_chars: int = 50_000  # scored val characters per validation (test: all)
+    augment: dict[str, float] = field(default_factory=lambda: {"mask_prob": 0.0, "substitute_prob": 0.0})
+
+
+def load_corpus(cfg: DataConfig, seed: int) -> Corpus:
+    if cfg.corpus == "tiny_world":
+        return tiny_world_corpus(cfg.num_chars, seed)
+    if cfg.corpus == "text_file":
+        if not cfg.path:
+            raise UserError("data.path: not set; data=text_file needs data.path=<a UTF-8 text file>")
+        return text_file_corpus(cfg.path, cfg.encoding)
+    if cfg.corpus == "shakespeare":
+        return shakespeare_corpus(cfg.path, cfg.cache_dir)
+    raise UserError(
+        f"data.corpus: unknown corpus {cfg.corpus!r}; use data=tiny_world, text_file or shakespeare"
+    )
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+    """Contiguous train | val | test parts of the token stream (no window crosses a boundary)."""
+    n = len(tokens)
+    n_val, n_test = int(n * val_fraction), int(n * test_fraction)
+    n_train = n - n_val - n_test
+    return {
+        "train": tokens[:n_train],
+        "val": tokens[n_train : n_train + n_val],
+        "test": tokens[n_train + n_val :],
+    }
+
+
+class TextDataModule(L.LightningDataModule):
+    """Char- or word-level windows of a corpus.
+
+    Training batches are random windows, a pure function of (seed, rank, batch index); val/test batches
+    are strided windows that score every character once with at least block_size/2 of context.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int, tokenizer_state: dict | None = None):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self._tokenizer_state = tokenizer_state  # a checkpoint's tokenizer (evaluate, resume)
+        self.tokenizer: Tokenizer | None = None
+        self.corpus: Corpus | None = None
+        self.splits: dict[str, np.ndarray] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        cfg = self.cfg
+        self.corpus = load_corpus(cfg, self.seed)
+        if self._tokenizer_state is not None:
+            self.tokenizer = tokenizer_from_dict(self._tokenizer_state)
+            self._check_vocabulary(self.corpus.text)
+        else:
+            self.tokenizer = create_tokenizer(cfg.tokenizer, self.corpus.text, self.augment.mask_prob > 0)
+        tokens = self.tokenizer.encode_array(self.corpus.text)
+        dtype = np.uint8 if self.tokenizer.vocab_size <= 256 else np.int32
+        self.splits = split_tokens(tokens.astype(dtype), cfg.val_fraction, cfg.test_fraction)
+        for name, part in self.splits.items():
+            if len(part) < cfg.block_size + 1:
+                raise UserError(
+                    f"data: the {name} split has {len(part)} tokens, fewer than data.block_size + 1 = "
+                    f"{cfg.block_size + 1}; use a longer text, a smaller data.block_size or a larger "
+                    f"data.{name}_fraction"
+                )
+
+    def _check_vocabulary(self, text: str) -> None:
+        unknown = self.tokenizer.unknown_chars(text)
+        if unknown:
+            raise UserError(
+                f"data: the corpus has {len(unknown)} character(s) the checkpoint's vocabulary lacks "
+                f"({''.join(unknown)[:20]!r}); evaluate a checkpoint on the data it was trained on"
+            )
+
+    @property
+    def augment(self) -> Augment:
+        probs = self.cfg.augment
+        return Augment(probs.get("mask_prob", 0.0), probs.get("substitute_prob", 0.0))
+
+    def tokens_per_step(self, trainer) -> int:
+        """Tokens one optimizer step trains on, over all ranks."""
+        per_batch = self.cfg.batch_size * self.cfg.block_size
+        return per_batch * trainer.accumulate_grad_batches * trainer.world_size
+
+    def train_dataloader(self) -> RandomWindowBatches:
+        trainer = self.trainer
+        augment = self.augment
+        if augment.active:
+            augment = Augment(
+                augment.mask_prob,
+                augment.substitute_prob,
+                self.tokenizer.mask_id or 0,
+                self.tokenizer.vocab_size,
+            )
+        # A resumed run starts at the batch after the last one it trained on.
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        device = trainer.strategy.root_device if trainer is not None else "cpu"
+        tokens = self._device_tokens("train", device)
+        return RandomWindowBatches(
+            tokens, self.cfg.block_size, self.cfg.batch_size, self.seed, rank, start, augment
+        )
+
+    def _device_tokens(self, split: str, device: Any):
+        import torch
+
+        tokens = torch.from_numpy(np.ascontiguousarray(self.splits[split]))
+        return tokens.to(device)
+
+    def _eval_batches(self, split: str, max_chars: int | None) -> StridedEvalBatches:
+        tokens = self.splits[split]
+        if max_chars is not None:
+            tokens = tokens[: max_chars + 1]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return StridedEvalBatches(tokens, self.cfg.block_size, self.cfg.eval_batch_size, rank, world)
+
+    def val_dataloader(self) -> StridedEvalBatches:
+        return self._eval_batches("val", self.cfg.max_eval_chars)
+
+    def test_dataloader(self) -> StridedEvalBatches:
+        return self._eval_batches("test", None)

@@ -1,0 +1,83 @@
+"""Generation and evaluation from a checkpoint, in plain PyTorch (no Trainer: fast to start)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
+from tinytransformer.config import check_value
+from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.errors import UserError
+from tinytransformer.generation import generate
+from tinytransformer.metrics import LanguageModelMetrics
+
+_INT, _NUM = (int,), (int, float)
+
+
+def _check_generation_args(cfg: DictConfig, vocab_size: int) -> None:
+    check_value("max_new_tokens", cfg.max_new_tokens, _INT, lambda v: v >= 0, "an integer >= 0")
+    check_value("temperature", cfg.temperature, _NUM, lambda v: v >= 0, "a number >= 0 (0 = greedy)")
+    check_value("num_samples", cfg.num_samples, _INT, lambda v: v >= 1, "an integer >= 1")
+    check_value("seed", cfg.seed, _INT, lambda v: v >= 0, "an integer >= 0")
+    if cfg.top_k is not None:
+        check_value(
+            "top_k",
+            cfg.top_k,
+            _INT,
+            lambda v: 1 <= v <= vocab_size,
+            f"an integer in [1, {vocab_size}] (the vocabulary size) or null",
+        )
+    if cfg.top_p is not None:
+        check_value("top_p", cfg.top_p, _NUM, lambda v: 0 < v <= 1, "a number in (0, 1] or null")
+    if not isinstance(cfg.prompt, str) or cfg.prompt == "":
+        raise UserError(f'prompt={cfg.prompt!r} is empty; give at least one character, e.g. prompt="The cat"')
+
+
+def generate_samples(cfg: DictConfig) -> list[str]:
+    """Samples continuing `cfg.prompt` from the checkpoint at `cfg.ckpt_path` (a run dir or a .ckpt)."""
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    tokenizer = tokenizer_from_checkpoint(ckpt)
+    _check_generation_args(cfg, tokenizer.vocab_size)
+    unknown = tokenizer.unknown_chars(cfg.prompt)
+    if unknown:
+        raise UserError(
+            f"prompt={cfg.prompt!r} has character(s) the model never saw: {''.join(unknown)!r}; "
+            f"use only characters of its vocabulary: {''.join(getattr(tokenizer, 'chars', []))[:100]!r}"
+        )
+    model = model_from_checkpoint(ckpt, cfg.device)
+    prompt_ids = tokenizer.encode(cfg.prompt)
+    if not prompt_ids:
+        raise UserError(f"prompt={cfg.prompt!r} has no tokens the model knows; give a prompt with words")
+    idx = torch.tensor([prompt_ids] * cfg.num_samples, device=cfg.device)
+    generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    out = generate(
+        model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator, cfg.use_cache
+    )
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+@torch.no_grad()
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Loss, bits/char, perplexity and accuracy of a checkpoint on its run's val/test splits."""
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    if not hp.get("data"):
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: the checkpoint has no saved data config to evaluate on")
+    dm = TextDataModule(DataConfig(**hp["data"]), seed=hp["seed"], tokenizer_state=hp["tokenizer"])
+    dm.setup("test")
+    model = model_from_checkpoint(ckpt, cfg.device)
+    results: dict[str, Any] = {"ckpt_path": ckpt["path"], "step": ckpt.get("global_step")}
+    batch_sources = {"val": dm.val_dataloader, "test": dm.test_dataloader}
+    for split in cfg.splits:
+        if split not in batch_sources:
+            raise UserError(f"splits: unknown split {split!r}; use [val], [test] or [val,test]")
+        if len(dm.splits[split]) < 2:
+            continue
+        metrics = LanguageModelMetrics(dm.tokenizer.token_char_lengths()).to(cfg.device)
+        for x, y in batch_sources[split]():
+            metrics.update(model(x.to(cfg.device)), y.to(cfg.device))
+        results.update({f"{split}/{k}": float(v) for k, v in metrics.compute().items()})
+    return results

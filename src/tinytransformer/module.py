@@ -1,0 +1,116 @@
+"""The LightningModule: a TinyTransformer, its cross-entropy loss, optimizer, schedule and metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MinMetric
+
+from tinytransformer.batches import IGNORE_INDEX, mix_seed
+from tinytransformer.metrics import LanguageModelMetrics
+from tinytransformer.model import TinyTransformer
+from tinytransformer.optim import build_optimizer, warmup_cosine
+
+
+class LanguageModel(L.LightningModule):
+    """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
+
+    Args:
+        model: TinyTransformer keyword arguments (vocab_size and block_size included).
+        optimizer: `name`, `lr`, `weight_decay`, `betas`, `fused`.
+        scheduler: `name` (`none` | `cosine`), `warmup_steps`, `min_lr_ratio`, `total_steps`.
+        tokenizer: the tokenizer's `to_dict()`, so a checkpoint alone can generate text.
+        data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
+        seed: seeds dropout per step, making a resumed run's dropout masks those of an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        tokenizer: dict[str, Any],
+        token_char_lengths: list[int],
+        data: dict[str, Any] | None = None,
+        seed: int = 0,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.model = TinyTransformer(**model)
+        if compile:
+            # In-place compile keeps parameter names (no `_orig_mod.`), so checkpoints load either way.
+            self.model.compile()
+        self.val_metrics = LanguageModelMetrics(token_char_lengths)
+        self.test_metrics = LanguageModelMetrics(token_char_lengths)
+        self.val_loss_best = MinMetric()
+        self.val_loss_best.persistent(True)  # resumed runs keep their best
+        # Train loss summed on the device since the last validation: its mean is logged without a host
+        # sync per step.
+        self.register_buffer("_train_loss_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("_train_loss_steps", torch.zeros(()), persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.model.get("dropout", 0.0) > 0:
+            torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.global_step, 1))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self._train_loss_sum += loss.detach()
+        self._train_loss_steps += 1
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""
+        max_norm = gradient_clip_val if gradient_clip_val else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
+        self.log("train/grad_norm", norm)
+        self.log("train/clipped", (norm > max_norm).float())
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_metrics.update(self(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        if self.trainer.sanity_checking:  # a partial pass: only checks that validation runs
+            return
+        self.val_loss_best.update(values["loss"])
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
+        self.log("val/loss_best", self.val_loss_best.compute())
+        if self._train_loss_steps > 0:
+            self.log("train/loss_avg", self._train_loss_sum / self._train_loss_steps)
+            self._train_loss_sum.zero_()
+            self._train_loss_steps.zero_()
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_metrics.update(self(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        self.test_metrics.reset()
+        self.log_dict({f"test/{k}": v for k, v in values.items()})
+
+    def configure_optimizers(self):
+        opt_cfg, sched_cfg = self.hparams.optimizer, self.hparams.scheduler
+        optimizer = build_optimizer(self.model, **opt_cfg)
+        if sched_cfg["name"] == "none":
+            return optimizer
+        factor = warmup_cosine(sched_cfg["warmup_steps"], sched_cfg["total_steps"], sched_cfg["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,158 @@
+"""The training recipe: config -> data, model, callbacks, loggers, trainer -> fit -> test best -> summary."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tinytransformer.callbacks import HParamsLogger, RunSummary, StepProgressBar
+from tinytransformer.callbacks.resume import LastCheckpoint
+from tinytransformer.config import flat_hparams, to_plain, validate
+from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.module import LanguageModel
+
+log = logging.getLogger(__name__)
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning prints product tips on every run; they are not about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
+def build_datamodule(cfg: DictConfig) -> TextDataModule:
+    data = DataConfig(**to_plain(cfg.data))
+    return TextDataModule(data, seed=cfg.seed)
+
+
+def build_module(cfg: DictConfig, dm: TextDataModule) -> LanguageModel:
+    model_cfg = to_plain(cfg.model)
+    compile_model = model_cfg.pop("compile", False)
+    model_cfg.update(vocab_size=dm.tokenizer.vocab_size, block_size=cfg.data.block_size)
+    optimizer = to_plain(cfg.optimizer)
+    optimizer["fused"] = optimizer.get("fused", True) and _fused_supported(cfg.trainer.accelerator)
+    return LanguageModel(
+        model=model_cfg,
+        optimizer=optimizer,
+        scheduler=to_plain(cfg.scheduler),
+        tokenizer=dm.tokenizer.to_dict(),
+        token_char_lengths=dm.tokenizer.token_char_lengths(),
+        data=to_plain(cfg.data),
+        seed=cfg.seed,
+        compile=compile_model,
+    )
+
+
+def _fused_supported(accelerator: str) -> bool:
+    return accelerator in ("cpu", "gpu", "cuda", "auto")
+
+
+def build_callbacks(cfg: DictConfig, output_dir: Path, summary: RunSummary) -> list[L.Callback]:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += [
+        summary,
+        HParamsLogger(flat_hparams(cfg)),
+        LastCheckpoint(output_dir / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps),
+        StepProgressBar(refresh_rate=max(1, min(50, cfg.trainer.max_steps // 20))),
+    ]
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    kwargs = to_plain(cfg.trainer)
+    kwargs.pop("checkpoint_every_n_steps")
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    if kwargs["accelerator"] in ("gpu", "cuda") or (
+        kwargs["accelerator"] == "auto" and torch.cuda.is_available()
+    ):
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
+    return L.Trainer(
+        default_root_dir=str(output_dir),
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        **kwargs,
+    )
+
+
+def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
+    """Train (or resume from `ckpt_path`) as `cfg` says, writing everything under `output_dir`."""
+    validate(cfg)
+    output_dir = Path(output_dir)
+    L.seed_everything(cfg.seed, verbose=False)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))
+    callbacks = build_callbacks(cfg, output_dir, summary)
+    trainer = build_trainer(cfg, output_dir, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    best = best_checkpoint(trainer)
+    results = summary.summary()
+    if best:
+        results["best_ckpt_path"] = best
+    if cfg.get("test") and best and cfg.data.test_fraction > 0:
+        results.update(test_best(trainer, module, dm, best))
+    summary.static.update(
+        {k: v for k, v in results.items() if k.startswith("test_") or k == "best_ckpt_path"}
+    )
+    summary.write(trainer)
+    if trainer.is_global_zero:
+        log.info(format_summary(results, output_dir))
+    return results
+
+
+def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, best: str) -> dict[str, float]:
+    """Test the best weights. Loaded by hand: `test(ckpt_path=...)` would also roll back callback state."""
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    tested = trainer.test(module, datamodule=dm, verbose=False)
+    return {k.replace("/", "_"): float(v) for k, v in tested[0].items()}
+
+
+def run_facts(cfg: DictConfig, dm: TextDataModule, module: LanguageModel) -> dict[str, Any]:
+    """What is known before training: it goes into metrics.json beside the results."""
+    facts = {
+        "vocab_size": dm.tokenizer.vocab_size,
+        "params": module.model.num_parameters(),
+        "corpus": dm.corpus.name,
+        "train_tokens": len(dm.splits["train"]),
+    }
+    if dm.corpus.entropy_floor_bpc is not None:
+        facts["entropy_floor_bpc"] = dm.corpus.entropy_floor_bpc
+    return facts
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    checkpoint = trainer.checkpoint_callback
+    return checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+
+
+def format_summary(r: dict[str, Any], output_dir: Path) -> str:
+    """The one summary a run ends with."""
+    lines = [f"run dir: {output_dir}"]
+    if "best_val_loss" in r and math.isfinite(r["best_val_loss"]):
+        line = f"best val loss {r['best_val_loss']:.4f} ({r['best_val_bpc']:.4f} bits/char) at step {r['best_step']}"
+        if "entropy_floor_bpc" in r:
+            gap = 100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1)
+            line += f"; entropy floor {r['entropy_floor_bpc']:.4f} bits/char (+{gap:.1f} %)"
+        lines.append(line)
+    lines.append(
+        f"stopped: {r.get('stop_reason', 'unknown')} after {r.get('steps', 0)} steps"
+        + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
+    )
+    if "best_ckpt_path" in r:
+        lines.append(f"best checkpoint: {r['best_ckpt_path']}")
+    lines.append(f"tensorboard --logdir {output_dir}")
+    return "\n".join(lines)
