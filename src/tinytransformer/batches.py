@@ -57,6 +57,7 @@ class RandomWindowBatches:
 
     Windows are gathered in one vectorized index op on the tokens' device; `x` is `t[i:i+T]` and `y` is
     `t[i+1:i+T+1]`. Iteration starts at batch `start` (the number of batches a resumed run already used).
+    With `repeat_every` > 0, the stream cycles through the first `repeat_every` batches.
     """
 
     def __init__(
@@ -68,8 +69,10 @@ class RandomWindowBatches:
         rank: int = 0,
         start: int = 0,
         augment: Augment | None = None,
+        repeat_every: int = 0,
     ):
         self.tokens = as_index_tensor(tokens)
+        self.repeat_every = repeat_every  # > 0: cycle through that many fixed batches (overfitting check)
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank, self.start = seed, rank, start
         self.augment = augment if augment is not None and augment.active else None
@@ -77,6 +80,8 @@ class RandomWindowBatches:
         self._arange = torch.arange(block_size + 1, device=self.tokens.device)
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.repeat_every:
+            index %= self.repeat_every
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, index))
         offsets = torch.randint(self.num_windows, (self.batch_size,), generator=generator)
         windows = self.tokens[offsets.to(self.tokens.device)[:, None] + self._arange].long()  # (B, T+1)

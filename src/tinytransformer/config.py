@@ -32,6 +32,7 @@ CHECKS: list[Check] = [
     ("data.val_fraction", _NUM, lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("data.test_fraction", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("data.max_eval_chars", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("data.overfit_batches", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     ("data.tokenizer", (str,), lambda v: v in ("char", "simple"), "'char' or 'simple'"),
     ("data.augment.mask_prob", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("data.augment.substitute_prob", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -30,6 +30,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     max_eval_chars: int = 50_000  # scored val characters per validation (test: all)
+    overfit_batches: int = 0  # > 0: train on that many fixed batches only (a debugging check)
     augment: dict[str, float] = field(default_factory=lambda: {"mask_prob": 0.0, "substitute_prob": 0.0})
 
 
@@ -128,8 +129,9 @@ class TextDataModule(L.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         device = trainer.strategy.root_device if trainer is not None else "cpu"
         tokens = self._device_tokens("train", device)
+        cfg = self.cfg
         return RandomWindowBatches(
-            tokens, self.cfg.block_size, self.cfg.batch_size, self.seed, rank, start, augment
+            tokens, cfg.block_size, cfg.batch_size, self.seed, rank, start, augment, cfg.overfit_batches
         )
 
     def _device_tokens(self, split: str, device: Any):

@@ -51,8 +51,8 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best.persistent(True)  # resumed runs keep their best
         # Train loss summed on the device since the last validation: its mean is logged without a host
         # sync per step.
-        self.register_buffer("_train_loss_sum", torch.zeros(()), persistent=False)
-        self.register_buffer("_train_loss_steps", torch.zeros(()), persistent=False)
+        self.register_buffer("_train_loss_sum", torch.zeros(()))
+        self.register_buffer("_train_loss_steps", torch.zeros(()))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)

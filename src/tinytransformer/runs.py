@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tinytransformer.callbacks.resume import LAST
+from tinytransformer.callbacks.resume import LAST, RunInterrupted
 from tinytransformer.callbacks.summary import write_json_atomic
 from tinytransformer.errors import EXIT_USER_ERROR, UserError
 
@@ -45,6 +45,7 @@ def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [
         f"hydra.run.dir={run_dir}",
+        "hydra.job.name=train",
         f"hydra.output_subdir=.hydra/resume-{stamp}",
         f"hydra.searchpath=[file://{config_dir}]",
         "hydra/job_logging=tinytransformer",
@@ -78,6 +79,9 @@ def hydra_train(cfg: DictConfig) -> float | None:
         log.info(OmegaConf.to_yaml(cfg, resolve=False))
     try:
         results = train(cfg, output_dir, ckpt_path=ckpt)
+    except RunInterrupted as err:
+        log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
+        sys.exit(err.exit_code)
     except (UserError, TrainingFailed) as err:
         _record_failure(output_dir, str(err))
         if not multirun:

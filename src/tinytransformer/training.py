@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from tinytransformer.callbacks import HParamsLogger, RunSummary, StepProgressBar
@@ -81,7 +82,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
         default_root_dir=str(output_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         **kwargs,
     )
 
@@ -135,8 +135,10 @@ def run_facts(cfg: DictConfig, dm: TextDataModule, module: LanguageModel) -> dic
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
-    checkpoint = trainer.checkpoint_callback
-    return checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    best = [
+        c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path
+    ]
+    return best[0] if best else None
 
 
 def format_summary(r: dict[str, Any], output_dir: Path) -> str:

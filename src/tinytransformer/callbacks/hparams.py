@@ -1,8 +1,9 @@
-"""TensorBoard's HPARAMS tab: flat hyperparameters with real metrics (never `hp_metric = -1`)."""
+"""TensorBoard's HPARAMS tab with real metrics (never `hp_metric = -1`), and resumed runs shown as one."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -29,10 +30,14 @@ class HParamsLogger(L.Callback):
         self.params = params
 
     @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and trainer.global_step == 0:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            if trainer.global_step == 0:
                 logger.log_hyperparams(self.params, {key: math.nan for key in HP_METRICS})
+            else:
+                mark_restart(logger, trainer.global_step + 1)
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -52,3 +57,16 @@ class HParamsLogger(L.Callback):
             metrics["hp/generalization_gap"] = s["final_val_loss"] - s["final_train_loss"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def mark_restart(logger: TensorBoardLogger, step: int) -> None:
+    """Tell TensorBoard the run restarted at `step`: it drops the earlier events from `step` on.
+
+    A killed run may have logged steps past its last checkpoint; the resumed run logs them again. TensorBoard
+    purges events at or after a SessionLog.START's step, so the run shows each step once, from the resume.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    event = Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START))
+    logger.experiment._get_file_writer().add_event(event)
+    logger.experiment.flush()

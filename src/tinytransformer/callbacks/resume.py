@@ -7,17 +7,32 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.callbacks import Checkpoint
 
 LAST = "last.ckpt"
 
 
-class LastCheckpoint(L.Callback):
-    """Saves `<dirpath>/last.ckpt` at optimizer-step boundaries (the only points a resume can start from).
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM arrived: last.ckpt was saved and the run stops; resume it with `resume=<run dir>`."""
 
-    SIGINT (Ctrl-C) and SIGTERM (preemption, `kill`) do not kill the run: the step in flight finishes,
-    last.ckpt is written, and fit() returns with `trainer.stop_reason` set to the signal's name.
-    Checkpoint writes are atomic (temporary file + rename), so a SIGKILL mid-write leaves the old file.
+    def __init__(self, signal_name: str, step: int, path: Path):
+        super().__init__(f"{signal_name}: saved {path} at step {step}")
+        self.signal_name, self.step, self.path = signal_name, step, path
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + signal.Signals[self.signal_name].value
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves `<dirpath>/last.ckpt` where a resumed run can continue exactly: between two training steps.
+
+    When a validation follows a step, the save waits for it, so the checkpoint holds its results (best
+    score, early-stopping count, summary) and a resumed run neither repeats nor skips it. SIGINT (Ctrl-C)
+    and SIGTERM (preemption, `kill`) do not kill the run: at the next such point last.ckpt is written and
+    RunInterrupted is raised. Writes are atomic (temporary file + rename): a SIGKILL mid-write keeps the
+    previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, so it saves their
+    updated state (ModelCheckpoint's included).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 500):
@@ -36,21 +51,33 @@ class LastCheckpoint(L.Callback):
         self.signal_received = signal.Signals(signum).name
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop._should_accumulate():
-            return
+        if not trainer.fit_loop._should_accumulate() and not validation_follows(trainer):
+            self._at_resume_point(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._at_resume_point(trainer)
+
+    def _at_resume_point(self, trainer: L.Trainer) -> None:
         stop = self.signal_received is not None
         if trainer.world_size > 1:  # all ranks must stop together; agree every 10 steps, not every step
             stop = trainer.global_step % 10 == 0 and trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             self.save(trainer)
-            trainer.should_stop = True
-            trainer.stop_reason = self.signal_received or "signal"
-            rank_zero_info(f"\n{trainer.stop_reason}: saved {self.path} at step {trainer.global_step}")
-        elif trainer.global_step % self.every_n_steps == 0:
+            raise RunInterrupted(self.signal_received or "SIGTERM", trainer.global_step, self.path)
+        if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
+        self.restore_signal_handlers()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.restore_signal_handlers()
+
+    def restore_signal_handlers(self) -> None:
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
@@ -58,5 +85,15 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer) -> None:
         if self._saved_step == trainer.global_step and self.path.exists():
             return
+        for logger in trainer.loggers:  # events up to the checkpoint survive a SIGKILL
+            logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the current training step (int val_check_interval)."""
+    every = trainer.val_check_batch
+    if not trainer.enable_validation or not isinstance(every, int) or every <= 0:
+        return False
+    return (trainer.global_step * trainer.accumulate_grad_batches) % every == 0

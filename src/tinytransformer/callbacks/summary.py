@@ -68,6 +68,13 @@ class RunSummary(L.Callback):
             self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
         self.write(trainer)
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.state["stop_reason"] = getattr(exception, "signal_name", None) or type(exception).__name__
+        self.state["steps"] = trainer.global_step
+        self.write(trainer)
+
     def summary(self) -> dict[str, Any]:
         return {**self.static, **self.state}
 

@@ -1,0 +1,6 @@
+"""Compare runs by setting (table + val curves): python scripts/compare_runs.py <sweep dir, run dir or logs/>."""
+
+from tinytransformer.compare import compare_main
+
+if __name__ == "__main__":
+    compare_main()

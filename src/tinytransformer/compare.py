@@ -1,0 +1,287 @@
+"""Comparing runs: one table row per setting (overrides minus seed), failed runs, val bits/char curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tinytransformer.errors import UserError, exit_on_user_error
+
+METRICS = "metrics.json"
+# Written by runs.py; not imported from there, which would load Lightning and Hydra just for a name.
+FAILED = "failed.json"
+REPORT = "comparison.md"
+CURVES = "val_curves.png"
+CURVE_TAG = "val/bpc"
+# Keys that say where a run was written, not what it trained: they never make a setting.
+_PATH_KEYS = ("paths.", "hydra.", "resume")
+_SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "data.augment.", "callbacks.early_stopping.")
+_USAGE = "pass a sweep dir (logs/train/multiruns/<date>/<time>), a run dir, or logs/"
+_COLUMNS = (
+    "setting",
+    "runs",
+    "best val loss",
+    "best val bits/char",
+    "final train loss",
+    "generalization gap",
+    "best step",
+    "stop reason(s)",
+)
+
+
+@dataclass
+class RunRecord:
+    """One run dir: its setting, its seed, and its results (metrics) or why it has none (failure)."""
+
+    name: str
+    dir: Path
+    setting: tuple[str, ...]
+    seed: str | None
+    metrics: dict[str, Any] | None
+    failure: str | None
+
+    @property
+    def finished(self) -> bool:
+        """Has a validated result and did not fail: it belongs in the table."""
+        return self.failure is None and self.metrics is not None
+
+
+@dataclass
+class SettingGroup:
+    """The runs (seeds) of one setting, with the label shown in the table and the plot legend."""
+
+    label: str
+    runs: list[RunRecord]
+
+    def values(self, key: str) -> list[float]:
+        return [float(r.metrics[key]) for r in self.runs if r.metrics.get(key) is not None]
+
+
+def split_overrides(overrides: list[str]) -> tuple[tuple[str, ...], str | None]:
+    """(setting, seed) of a run's Hydra overrides; the seed and path-like keys are not part of a setting."""
+    setting, seed = [], None
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key == "seed":
+            seed = value
+        elif not key.startswith(_PATH_KEYS):
+            setting.append(override)
+    return tuple(sorted(setting)), seed
+
+
+def short_label(setting: tuple[str, ...]) -> str:
+    """`dropout=0.1, weight_decay=0.1` for (model.dropout=0.1, optimizer.weight_decay=0.1)."""
+    if not setting:
+        return "baseline"
+    short = []
+    for override in setting:
+        sign, key = re.match(r"([+~]*)(.*)", override).groups()
+        prefix = next((p for p in _SHORT_PREFIXES if key.startswith(p)), "")
+        short.append(sign + key[len(prefix) :])
+    return ", ".join(short)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: Path, name: str | None = None) -> RunRecord:
+    """Read one run dir's overrides, metrics.json and failed.json."""
+    name = name or run_dir.name
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
+    setting, seed = split_overrides(overrides or [])
+    try:
+        metrics, failed = _read_json(run_dir / METRICS), _read_json(run_dir / FAILED)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return RunRecord(name, run_dir, setting, seed, None, f"unreadable results file: {err}")
+    failure = str(failed.get("reason", "unknown")) if failed is not None else None
+    stop_reason = str((metrics or {}).get("stop_reason", ""))
+    if failure is None and stop_reason.startswith("non_finite"):
+        failure = stop_reason
+    if metrics is not None and not math.isfinite(metrics.get("best_val_loss", math.inf)):
+        metrics = None  # metrics.json from before the first validation: nothing to compare yet
+    return RunRecord(name, run_dir, setting, seed, metrics, failure)
+
+
+def _natural_key(path: Path) -> list:
+    """Sort `2_...` before `10_...`: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _run_dirs(directory: Path) -> Iterator[Path]:
+    if (directory / ".hydra" / "config.yaml").is_file():
+        yield directory
+        return  # a run's own subdirs (checkpoints, tensorboard) hold no runs
+    for child in sorted(directory.iterdir()):
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            yield from _run_dirs(child)
+
+
+def find_runs(root: Path) -> list[RunRecord]:
+    """Every run dir (a dir holding .hydra/config.yaml) at or below `root`, in natural name order."""
+    run_dirs = sorted(_run_dirs(root), key=_natural_key)
+    return [load_run(d, str(d.relative_to(root)) if d != root else d.name) for d in run_dirs]
+
+
+def group_by_setting(runs: list[RunRecord]) -> list[SettingGroup]:
+    """Finished runs grouped by setting, best (lowest mean best val loss) first."""
+    by_setting: dict[tuple[str, ...], list[RunRecord]] = {}
+    for run in runs:
+        if run.finished:
+            by_setting.setdefault(run.setting, []).append(run)
+    labels = {setting: short_label(setting) for setting in by_setting}
+    if len(set(labels.values())) < len(labels):  # short names collide (model.x vs data.x): show full ones
+        labels = {setting: ", ".join(setting) or "baseline" for setting in by_setting}
+    groups = [SettingGroup(labels[s], group_runs) for s, group_runs in by_setting.items()]
+    return sorted(groups, key=lambda g: (statistics.mean(g.values("best_val_loss")), g.label))
+
+
+def mean_std(values: list[float], decimals: int = 4) -> str:
+    """`1.1000 ± 0.1414` (sample std over seeds), the value alone for one run, `n/a` for none."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{decimals}f}"
+    return f"{statistics.mean(values):.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
+
+
+def _gaps(group: SettingGroup) -> list[float]:
+    """final val loss - final train loss per run: how much worse the model does on unseen text."""
+    pairs = [(r.metrics.get("final_val_loss"), r.metrics.get("final_train_loss")) for r in group.runs]
+    return [val - train for val, train in pairs if val is not None and train is not None]
+
+
+def markdown_table(groups: list[SettingGroup]) -> str:
+    """One row per setting, in the order given."""
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|---|" + "--:|" * (len(_COLUMNS) - 2) + "---|"]
+    for g in groups:
+        reasons = sorted({str(r.metrics.get("stop_reason", "(running or killed)")) for r in g.runs})
+        cells = [
+            g.label.replace("|", "\\|"),
+            str(len(g.runs)),
+            mean_std(g.values("best_val_loss")),
+            mean_std(g.values("best_val_bpc")),
+            mean_std(g.values("final_train_loss")),
+            mean_std(_gaps(g)),
+            mean_std(g.values("best_step"), decimals=0),
+            ", ".join(reasons),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def entropy_floor(groups: list[SettingGroup]) -> float | None:
+    """The corpus's entropy floor in bits/char, where a run recorded one (the built-in corpus only)."""
+    floors = [v for g in groups for v in g.values("entropy_floor_bpc")]
+    return floors[0] if floors else None
+
+
+def report(runs: list[RunRecord], groups: list[SettingGroup]) -> str:
+    """The table, the entropy floor, and one line per run that is not in the table."""
+    lines = [markdown_table(groups) if groups else "no finished runs to compare"]
+    floor = entropy_floor(groups)
+    if floor is not None:
+        lines += ["", f"entropy floor: {floor:.4f} bits/char"]
+    problems = [
+        f"- {r.name}: failed: {r.failure}" if r.failure else f"- {r.name}: no results (running or killed)"
+        for r in runs
+        if not r.finished
+    ]
+    if problems:
+        lines += ["", *problems]
+    return "\n".join(lines)
+
+
+def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a TensorBoard scalar over all the run's event files; a repeated step keeps the last."""
+    # Imported here: finding runs and printing the table (and every error) need no TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    # Event file names start with their creation time, so a resumed run's newer file is read last.
+    for file in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"), key=lambda p: p.name):
+        events = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            values.update((e.step, e.value) for e in events.Scalars(tag))
+    return sorted(values.items())
+
+
+def setting_curve(group: SettingGroup, tag: str = CURVE_TAG) -> tuple[np.ndarray, ...] | None:
+    """(steps, mean, min, max) over the group's runs at the steps every run logged; None if there are none."""
+    curves = [dict(read_scalars(r.dir, tag)) for r in group.runs]
+    curves = [c for c in curves if c]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return None
+    values = np.array([[c[s] for s in steps] for c in curves])  # (runs, steps)
+    return np.array(steps), values.mean(0), values.min(0), values.max(0)
+
+
+def plot_curves(groups: list[SettingGroup], path: Path, floor: float | None) -> None:
+    """Val bits/char vs step, one line per setting (min-max band over seeds), to a PNG at `path`."""
+    # A bare Figure draws with Agg and leaves pyplot's global backend alone (safe inside a notebook).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for g in groups:
+        curve = setting_curve(g)
+        if curve is None:
+            continue
+        steps, mean, low, high = curve
+        # Markers: a run with a single validation still shows up.
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{g.label} (n={len(g.runs)})")
+        if len(g.runs) > 1:
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if floor is not None:
+        ax.axhline(floor, color="black", linestyle="--", linewidth=1, label=f"entropy floor {floor:.4f}")
+    ax.set(xlabel="step", ylabel="val bits/char", title=f"val bits/char by setting: {path.parent.name}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def compare(root: str | Path) -> str:
+    """Compare the runs at or below `root`: returns the report, writes comparison.md and val_curves.png there."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory; {_USAGE}")
+    runs = find_runs(root)
+    if not runs:
+        raise UserError(f"{root}: no run dirs found (none holds .hydra/config.yaml); {_USAGE}")
+    groups = group_by_setting(runs)
+    text = report(runs, groups)
+    (root / REPORT).write_text(text + "\n")
+    plot_curves(groups, root / CURVES, entropy_floor(groups))
+    return text
+
+
+@exit_on_user_error
+def compare_main(argv: list[str] | None = None) -> None:
+    """`python scripts/compare_runs.py <dir>`: print the comparison and the paths of the files written."""
+    args = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python scripts/compare_runs.py <dir>; {_USAGE}"
+    if args in (["-h"], ["--help"]):
+        print(usage)
+        return
+    if len(args) != 1:
+        raise UserError(f"expected one directory, got {len(args)} arguments; {usage}")
+    root = Path(args[0]).expanduser()
+    print(compare(root))
+    print(f"\nwrote {root / REPORT}\nwrote {root / CURVES}")

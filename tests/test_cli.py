@@ -1,0 +1,109 @@
+"""The real command line, end to end: train -> run dir -> generate -> evaluate."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests.conftest import TINY_RUN, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    result = run_cli("train.py", *TINY_RUN, f"paths.log_dir={log_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = list((log_dir / "train" / "runs").glob("*/*"))
+    assert len(run_dirs) == 1
+    return run_dirs[0], result.stdout
+
+
+def test_run_dir_has_config_checkpoints_tensorboard_log_and_metrics(trained_run):
+    run_dir, _ = trained_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-step=*.ckpt"))) == 1
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "best val loss" in (run_dir / "train.log").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    expected = {
+        "best_val_loss",
+        "best_val_bpc",
+        "best_step",
+        "steps",
+        "final_train_loss",
+        "final_val_loss",
+        "stop_reason",
+        "vocab_size",
+        "params",
+        "tokens_per_s",
+        "wall_s",
+        "entropy_floor_bpc",
+    }
+    assert expected <= metrics.keys()
+
+
+def test_summary_names_run_dir_losses_floor_checkpoint_and_tensorboard(trained_run):
+    run_dir, stdout = trained_run
+    assert "model:" in stdout and "d_model: 32" in stdout  # the resolved config printed at start
+    assert f"run dir: {run_dir}" in stdout
+    assert "bits/char" in stdout and "entropy floor 0.3569" in stdout
+    assert "best checkpoint: " in stdout and f"tensorboard --logdir {run_dir}" in stdout
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_plain_hyperparameters(trained_run):
+    run_dir, _ = trained_run
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert type(hp) is dict and type(hp["model"]) is dict and type(hp["data"]) is dict
+    assert hp["model"]["d_model"] == 32 and hp["tokenizer"]["kind"] == "char"
+    assert ckpt["global_step"] == 40
+
+
+def test_tensorboard_has_samples_scalars_and_hparams_with_real_metrics(trained_run):
+    run_dir, _ = trained_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {
+        "train/loss",
+        "val/loss",
+        "val/bpc",
+        "val/ppl",
+        "val/acc",
+        "val/loss_best",
+        "train/grad_norm",
+        "train/lr",
+        "hp/val_loss_best",
+    } <= set(tags["scalars"])
+    samples = events.Tensors("samples/text_summary")
+    assert [s.step for s in samples] == [20, 40]
+    assert samples[-1].tensor_proto.string_val[0].decode().startswith("```\nThe cat")
+    # Registered as NaN at step 0 (so the HPARAMS tab has the column), then real values at each validation.
+    hp_values = {e.step: e.value for e in events.Scalars("hp/val_loss_best")}
+    assert sorted(hp_values) == [0, 20, 40]
+    assert all(0 < hp_values[step] < 5 for step in (20, 40))
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin
+
+
+def test_generate_continues_the_prompt(trained_run):
+    run_dir, _ = trained_run
+    result = run_cli("generate.py", f"ckpt_path={run_dir}", "prompt=The cat", "max_new_tokens=25", "seed=3")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.strip()
+    assert text.startswith("The cat") and len(text) == len("The cat") + 25
+    again = run_cli("generate.py", f"ckpt_path={run_dir}", "prompt=The cat", "max_new_tokens=25", "seed=3")
+    assert again.stdout == result.stdout
+
+
+def test_evaluate_reproduces_the_val_loss_recorded_in_training(trained_run):
+    run_dir, _ = trained_run
+    result = run_cli("evaluate.py", f"ckpt_path={run_dir}")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert evaluated["val/loss"] == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+    assert evaluated["test/loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert Path(evaluated["ckpt_path"]).name.startswith("best-step=")

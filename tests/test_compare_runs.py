@@ -1,0 +1,180 @@
+"""Comparing runs: a table row per setting (seeds averaged), failures listed, a report and curves written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from tinytransformer.compare import (
+    compare,
+    find_runs,
+    read_scalars,
+    short_label,
+    split_overrides,
+)
+from tinytransformer.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOOR = 0.3569
+
+
+def write_val_bpc(run: Path, points: dict[int, float]) -> None:
+    """Real TensorBoard event file with val/bpc at the given steps."""
+    writer = SummaryWriter(log_dir=str(run / "tensorboard"))
+    for step, value in points.items():
+        writer.add_scalar("val/bpc", value, step)
+    writer.close()
+
+
+def make_run(parent: Path, name: str, overrides: list[str], metrics=None, failed=None, curve=None) -> Path:
+    """A fake run dir as training leaves it: .hydra/, metrics.json, failed.json, tensorboard/."""
+    run = parent / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("{}\n")
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if failed is not None:
+        (run / "failed.json").write_text(json.dumps({"status": "failed", "reason": failed}))
+    if curve is not None:
+        write_val_bpc(run, curve)
+    return run
+
+
+def results(best: float, train: float = 1.0, final_val: float | None = None, **extra) -> dict:
+    """metrics.json of a finished run whose best val loss is `best` (bits/char = loss + 0.5, to tell apart)."""
+    return {
+        "best_val_loss": best,
+        "best_val_bpc": best + 0.5,
+        "best_step": 400,
+        "steps": 500,
+        "final_train_loss": train,
+        "final_val_loss": best if final_val is None else final_val,
+        "final_val_bpc": best + 0.5,
+        "stop_reason": "max_steps",
+        "corpus": "tiny_world",
+        **extra,
+    }
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], **kwargs) -> Path:
+    """A sweep job dir named as Hydra names it: `<num>_<overrides joined by ,>`."""
+    return make_run(sweep, f"{num}_{','.join(overrides)}", overrides, **kwargs)
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """Three settings (one with two seeds), a failed job, a non-finite job and a job with no results yet."""
+    sweep = tmp_path / "logs" / "train" / "multiruns" / "2024-01-01" / "12-00-00"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    floor = {"entropy_floor_bpc": FLOOR}
+    no_drop_1 = results(1.3, train=1.0, final_val=1.4, **floor)
+    no_drop_2 = results(1.5, train=1.2, final_val=1.6, **floor)
+    make_job(sweep, 0, ["model.dropout=0", "seed=1"], metrics=no_drop_1, curve={100: 2.0, 200: 1.8, 300: 1.7})
+    make_job(sweep, 1, ["model.dropout=0", "seed=2"], metrics=no_drop_2, curve={100: 2.2, 200: 2.0})
+    make_job(sweep, 2, ["model.dropout=0.1", "seed=1"], metrics=results(1.0, **floor), curve={100: 1.9})
+    both = ["model.dropout=0.2", "optimizer.weight_decay=0.1", "seed=1"]
+    # Hydra leaves paths.log_dir out of the dir name (conf/hydra), but it is in overrides.yaml.
+    make_run(sweep, f"3_{','.join(both)}", [*both, "paths.log_dir=/x"], metrics=results(1.2, **floor))
+    make_job(sweep, 4, ["model.dropout=0.9", "seed=1"], failed="CUDA out of memory")
+    make_job(sweep, 5, ["optimizer.lr=10", "seed=1"], metrics=results(2.0, stop_reason="non_finite_loss"))
+    make_job(sweep, 6, ["model.dropout=0.3", "seed=1"])
+    return sweep
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of the markdown table's data rows."""
+    rows = [line for line in text.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_rows_are_sorted_by_mean_best_val_loss(sweep):
+    rows = table_rows(compare(sweep))
+    assert [row[0] for row in rows] == ["dropout=0.1", "dropout=0.2, weight_decay=0.1", "dropout=0"]
+
+
+def test_setting_with_two_seeds_shows_mean_and_sample_std(sweep):
+    row = next(row for row in table_rows(compare(sweep)) if row[0] == "dropout=0")
+    # best val loss 1.3 and 1.5; gaps 1.4-1.0 and 1.6-1.2
+    assert row[1:7] == [
+        "2",
+        "1.4000 ± 0.1414",
+        "1.9000 ± 0.1414",
+        "1.1000 ± 0.1414",
+        "0.4000 ± 0.0000",
+        "400 ± 0",
+    ]
+    assert row[7] == "max_steps"
+
+
+def test_single_run_setting_shows_plain_values(sweep):
+    row = next(row for row in table_rows(compare(sweep)) if row[0] == "dropout=0.1")
+    assert row[1:7] == ["1", "1.0000", "1.5000", "1.0000", "0.0000", "400"]
+
+
+def test_seed_and_path_overrides_are_not_part_of_a_setting():
+    setting, seed = split_overrides(["seed=3", "model.dropout=0.1", "paths.log_dir=/x", "hydra.run.dir=/y"])
+    assert (setting, seed) == (("model.dropout=0.1",), "3")
+    assert short_label(setting) == "dropout=0.1"
+    assert short_label(()) == "baseline"
+    assert short_label(("data.augment.p=0.5", "callbacks.early_stopping.patience=3", "+experiment=reg")) == (
+        "p=0.5, patience=3, +experiment=reg"
+    )
+
+
+def test_failed_and_unfinished_runs_are_listed_under_the_table_not_in_it(sweep):
+    text = compare(sweep)
+    assert "- 4_model.dropout=0.9,seed=1: failed: CUDA out of memory" in text
+    assert "- 5_optimizer.lr=10,seed=1: failed: non_finite_loss" in text
+    assert "- 6_model.dropout=0.3,seed=1: no results (running or killed)" in text
+    settings = [row[0] for row in table_rows(text)]
+    assert not {"dropout=0.9", "lr=10", "dropout=0.3"} & set(settings)
+    assert "seed" not in "".join(settings)
+
+
+def test_entropy_floor_line_appears_only_when_recorded(sweep, tmp_path):
+    assert f"entropy floor: {FLOOR:.4f} bits/char" in compare(sweep)
+    make_run(tmp_path / "other", "run", ["model.dropout=0.1"], results(1.0))
+    assert "entropy floor" not in compare(tmp_path / "other")
+
+
+def test_report_and_curves_are_written_into_the_given_dir(sweep):
+    text = compare(sweep)
+    assert (sweep / "comparison.md").read_text() == text + "\n"
+    assert (sweep / "val_curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_runs_are_found_at_any_depth_and_in_a_single_run_dir(sweep, tmp_path):
+    single = make_run(tmp_path / "logs" / "train" / "runs" / "2024-01-02", "09-00-00", [], results(0.9))
+    names = [run.name for run in find_runs(tmp_path / "logs")]
+    assert names[-1] == "train/runs/2024-01-02/09-00-00"
+    assert len(names) == 8
+    assert [row[0] for row in table_rows(compare(single))] == ["baseline"]
+
+
+def test_scalars_from_several_event_files_merge_and_a_repeated_step_keeps_the_last(tmp_path):
+    run = tmp_path / "run"
+    write_val_bpc(run, {100: 2.0, 200: 1.8})
+    write_val_bpc(run, {200: 1.7, 300: 1.6})  # a resumed run: a second file, step 200 again
+    steps, values = zip(*read_scalars(run, "val/bpc"), strict=True)
+    assert steps == (100, 200, 300)
+    assert values == pytest.approx((2.0, 1.7, 1.6))
+
+
+def test_dir_without_runs_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no run dirs found"):
+        compare(tmp_path)
+
+
+def test_cli_on_missing_path_exits_2_with_one_line_on_stderr(tmp_path):
+    missing = tmp_path / "nope"
+    done = subprocess.run(
+        [sys.executable, "scripts/compare_runs.py", str(missing)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {missing}: no such directory")
+    assert len(done.stderr.strip().splitlines()) == 1

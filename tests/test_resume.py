@@ -1,0 +1,99 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tests.conftest import TINY_RUN, run_cli
+
+from tinytransformer.cli import ROOT
+
+# Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
+RUN = [
+    *TINY_RUN,
+    "trainer.max_steps=240",
+    "trainer.checkpoint_every_n_steps=15",
+    "trainer.val_check_interval=40",
+    "model.dropout=0.2",
+    "data.augment.mask_prob=0.1",
+    "data.augment.substitute_prob=0.05",
+    "callbacks.sample_generation.every_n_steps=50",
+    "test=false",
+]
+TIMING_KEYS = {"wall_s", "tokens_per_s", "best_ckpt_path"}
+
+
+def only_run(log_dir: Path) -> Path:
+    (run_dir,) = list((log_dir / "train" / "runs").glob("*/*"))
+    return run_dir
+
+
+def start_and_kill(log_dir: Path, after_checkpoint_s: float) -> Path:
+    args = [sys.executable, str(ROOT / "scripts" / "train.py"), *RUN, f"paths.log_dir={log_dir}"]
+    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    deadline = time.time() + 120
+    while not list(log_dir.glob("train/runs/*/*/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(after_checkpoint_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return only_run(log_dir)
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 240
+    for name, tensor in ckpt_a["state_dict"].items():
+        assert torch.equal(tensor, ckpt_b["state_dict"][name]), name
+    opt_a, opt_b = ckpt_a["optimizer_states"][0]["state"], ckpt_b["optimizer_states"][0]["state"]
+    for param_id, state in opt_a.items():
+        for key, value in state.items():
+            assert torch.equal(value, opt_b[param_id][key]), (param_id, key)
+    assert ckpt_a["lr_schedulers"] == ckpt_b["lr_schedulers"]
+
+
+def test_sigkilled_run_resumes_to_the_same_weights_optimizer_and_metrics(tmp_path):
+    reference = run_cli("train.py", *RUN, f"paths.log_dir={tmp_path / 'a'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    uninterrupted = only_run(tmp_path / "a")
+
+    killed = start_and_kill(tmp_path / "b", after_checkpoint_s=0.7)
+    first_ckpt_step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < first_ckpt_step < 240
+    resumed = run_cli("train.py", f"resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    assert_same_state(uninterrupted, killed)
+    metrics_a = json.loads((uninterrupted / "metrics.json").read_text())
+    metrics_b = json.loads((killed / "metrics.json").read_text())
+    assert {k: v for k, v in metrics_a.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in metrics_b.items() if k not in TIMING_KEYS
+    }
+
+    # TensorBoard shows one continuous run: every logged step once, the same steps as uninterrupted.
+    def steps(run_dir):
+        events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        return [e.step for e in events.Scalars("train/loss")], [e.value for e in events.Scalars("val/loss")]
+
+    assert steps(killed) == steps(uninterrupted)
+
+
+def test_resume_keeps_the_earlier_config_files(tmp_path):
+    killed = start_and_kill(tmp_path, after_checkpoint_s=0.0)
+    before = (killed / ".hydra" / "config.yaml").read_bytes()
+    resumed = run_cli("train.py", f"resume={killed}", "trainer.max_steps=250")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (killed / ".hydra" / "config.yaml").read_bytes() == before
+    (resume_dir,) = list((killed / ".hydra").glob("resume-*"))
+    assert "max_steps: 250" in (resume_dir / "config.yaml").read_text()
+    assert json.loads((killed / "metrics.json").read_text())["steps"] == 250

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import TINY_RUN, compose_train
+
+from tinytransformer.batches import RandomWindowBatches
+from tinytransformer.cli import CONFIG_DIR
+from tinytransformer.config import validate
+from tinytransformer.model import TinyTransformer
+from tinytransformer.training import train
+
+GROUP_EXTRAS = {("data", "text_file"): ["data.path=/tmp/x.txt"]}
+
+
+def all_config_options():
+    for group_dir in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        for option in sorted(group_dir.glob("*.yaml")):
+            yield group_dir.name, option.stem
+
+
+@pytest.mark.parametrize(("group", "option"), list(all_config_options()))
+def test_every_config_option_composes_and_validates(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}", *GROUP_EXTRAS.get((group, option), [])], tmp_path)
+    validate(cfg)
+    assert cfg.data.block_size >= 1
+
+
+def test_a_fixed_batch_is_overfit_to_near_zero_loss():
+    torch.manual_seed(0)
+    tokens = torch.randint(20, (200,))
+    x, y = RandomWindowBatches(tokens, block_size=16, batch_size=4, seed=0).batch(0)
+    model = TinyTransformer(vocab_size=20, d_model=64, n_heads=4, n_layers=2, block_size=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+
+
+def test_train_writes_summary_checkpoints_and_reports_metrics(tmp_path):
+    cfg = compose_train(TINY_RUN, tmp_path)
+    results = train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["stop_reason"] == "max_steps"
+    assert metrics["best_step"] in (20, 40)
+    assert metrics["best_val_loss"] == pytest.approx(results["best_val_loss"])
+    assert metrics["best_val_bpc"] == pytest.approx(metrics["best_val_loss"] / 0.6931471805599453, rel=1e-5)
+    assert metrics["entropy_floor_bpc"] < metrics["best_val_bpc"] < 4.6  # learned something below log2(V)
+    assert metrics["params"] > 0 and metrics["tokens_per_s"] > 0 and "test_loss" in metrics
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((tmp_path / "checkpoints").glob("best-step=*.ckpt"))) == 1
+
+
+def test_same_seed_and_config_give_identical_metrics(tmp_path):
+    no_callbacks = [o for o in TINY_RUN if not o.startswith("callbacks.")]
+    overrides = [*no_callbacks, "model.dropout=0.1", "trainer.max_steps=20", "callbacks=none", "test=false"]
+    first = train(compose_train(overrides, tmp_path / "a"), tmp_path / "a")
+    second = train(compose_train(overrides, tmp_path / "b"), tmp_path / "b")
+    for key in ("best_val_loss", "final_train_loss", "final_val_loss"):
+        assert first[key] == second[key]
