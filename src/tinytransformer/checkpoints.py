@@ -32,6 +32,11 @@ def resolve_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     """Load a checkpoint's plain data; anything that would need code execution to load is refused."""
     p = resolve_checkpoint(path, key)
+    if not zipfile.is_zipfile(p):  # torch.save writes zip archives; anything else is not ours
+        raise UserError(
+            f"{key}={p}: not a readable checkpoint (truncated or another format); "
+            "pass a complete .ckpt written by tinytransformer"
+        )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from tinytransformer import runs
 from tinytransformer.errors import EXIT_USER_ERROR, UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,9 @@ def _close_keys(key: str, config_dir: Path, overrides: list[str]) -> str:
             cfg = compose(
                 config_name="train", overrides=[o for o in good if "=" in o and "." not in o.split("=")[0]]
             )
-        node = cfg.select(parent) if parent else cfg
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.select(cfg, parent) if parent else cfg
         matches = difflib.get_close_matches(leaf, list(node.keys()), n=1) if node is not None else []
     except Exception:
         matches = []
@@ -111,8 +114,6 @@ def override_value(overrides: list[str], key: str) -> str | None:
 
 def train_main() -> None:
     """`python scripts/train.py [key=value ...]`, `-m` for sweeps, `resume=<run dir>` to continue a run."""
-    from tinytransformer import runs
-
     project_env()
     argv = sys.argv[1:]
     overrides, multirun, hydra_flag = parse_args(argv)
@@ -121,6 +122,7 @@ def train_main() -> None:
         resume = override_value(overrides, "resume")
         if resume:
             run_dir = runs.check_resumable(resume, multirun)
+            runs.check_resume_overrides(overrides, CONFIG_DIR)
             config_dir, config_name = run_dir / ".hydra", "config"
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
@@ -130,7 +132,7 @@ def train_main() -> None:
     except UserError as err:
         fail(str(err))
     sys.argv = [sys.argv[0], *argv, *extra, f"--config-path={config_dir}", f"--config-name={config_name}"]
-    runs.hydra_train()
+    hydra_train()
 
 
 def compose_cli(config_name: str, argv: list[str]):
@@ -176,3 +178,50 @@ def evaluate_main() -> None:
     except UserError as err:
         fail(str(err))
     print(json.dumps(results, indent=2))
+
+
+def _hydra_train(cfg) -> float | None:
+    """The Hydra task: train one job; in a sweep, a failing job is recorded and the sweep goes on."""
+    import logging
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from tinytransformer.callbacks.resume import RunInterrupted
+    from tinytransformer.training import TrainingFailed, train
+
+    log = logging.getLogger("tinytransformer")
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    ckpt = str(Path(cfg.resume) / "checkpoints" / runs.LAST) if cfg.get("resume") else None
+    if not multirun:
+        log.info(OmegaConf.to_yaml(cfg, resolve=False))
+    try:
+        results = train(cfg, output_dir, ckpt_path=ckpt)
+    except RunInterrupted as err:
+        log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
+        sys.exit(err.exit_code)
+    except (UserError, TrainingFailed) as err:
+        if not cfg.get("resume") or isinstance(err, TrainingFailed):  # a refused resume is no failed run
+            runs.record_failure(output_dir, str(err))
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR if isinstance(err, UserError) else 1)
+        log.error(f"job {hc.job.num} failed: {err}")
+        return None
+    except Exception as err:
+        if not multirun:
+            raise
+        runs.record_failure(output_dir, f"{type(err).__name__}: {err}")
+        log.error(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
+        return None
+    return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
+
+
+def hydra_train() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path=None, config_name=None)(_hydra_train)()

@@ -16,10 +16,9 @@ import numpy as np
 import yaml
 
 from tinytransformer.errors import UserError, exit_on_user_error
+from tinytransformer.runs import FAILED
 
 METRICS = "metrics.json"
-# Written by runs.py; not imported from there, which would load Lightning and Hydra just for a name.
-FAILED = "failed.json"
 REPORT = "comparison.md"
 CURVES = "val_curves.png"
 CURVE_TAG = "val/bpc"

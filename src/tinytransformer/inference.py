@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 from tinytransformer.config import check_value
-from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.errors import UserError
 from tinytransformer.generation import generate
 from tinytransformer.metrics import LanguageModelMetrics
@@ -62,6 +61,8 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Loss, bits/char, perplexity and accuracy of a checkpoint on its run's val/test splits."""
+    from tinytransformer.datamodule import DataConfig, TextDataModule  # loads Lightning: only here
+
     ckpt = load_checkpoint(cfg.ckpt_path)
     hp = ckpt["hyper_parameters"]
     if not hp.get("data"):

@@ -1,28 +1,32 @@
-"""Run directories: the Hydra task, resuming a run in place, and never writing over an earlier run."""
+"""Run directories: where results go, resuming a run in place, never writing over an earlier run.
+
+Light on purpose (no Lightning import): the command line checks run dirs before it loads the trainer.
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
-import traceback
+import json
+import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from tinytransformer.errors import UserError
 
-from tinytransformer.callbacks.resume import LAST, RunInterrupted
-from tinytransformer.callbacks.summary import write_json_atomic
-from tinytransformer.errors import EXIT_USER_ERROR, UserError
-
-log = logging.getLogger(__name__)
-FAILED = "failed.json"
+LAST = "last.ckpt"  # the checkpoint a run resumes from
+FAILED = "failed.json"  # {"status": "failed", "reason": ...}: a job that could not finish
+METRICS = "metrics.json"  # the run's summary
 
 
-class TrainingFailed(Exception):
-    """Training ran but could not finish (e.g. a non-finite loss): exit non-zero, record it in sweeps."""
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temporary file + rename: a kill mid-write leaves the previous file intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def record_failure(output_dir: Path, reason: str) -> None:
+    write_json_atomic(output_dir / FAILED, {"status": "failed", "reason": reason})
 
 
 def check_resumable(path: str, multirun: bool) -> Path:
@@ -40,6 +44,17 @@ def check_resumable(path: str, multirun: bool) -> Path:
     return run_dir
 
 
+def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
+    """A resumed run uses its saved config: keys can change, config groups cannot be picked again."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if "." not in key and (config_dir / key).is_dir():
+            raise UserError(
+                f"{override}: a resumed run keeps its saved config, so config groups cannot be chosen again; "
+                f"set keys instead (e.g. {key}.<key>=<value>)"
+            )
+
+
 def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
     """Hydra overrides that continue `run_dir` in place, keeping its earlier .hydra/ files."""
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -55,45 +70,7 @@ def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
 def refuse_existing_run(run_dir: str) -> None:
     """A new run must not write into a run dir that already holds checkpoints or results."""
     path = Path(run_dir)
-    if (path / "checkpoints").exists() or (path / "metrics.json").exists():
+    if (path / "checkpoints").exists() or (path / METRICS).exists():
         raise UserError(
-            f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir} "
-            "or choose a new dir"
+            f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir} or choose a new dir"
         )
-
-
-def _record_failure(output_dir: Path, reason: str) -> None:
-    write_json_atomic(output_dir / FAILED, {"status": "failed", "reason": reason})
-
-
-@hydra.main(version_base="1.3", config_path=None, config_name=None)
-def hydra_train(cfg: DictConfig) -> float | None:
-    """The Hydra task: train one job; in a sweep, a failing job is recorded and the sweep goes on."""
-    from tinytransformer.training import train
-
-    hc = HydraConfig.get()
-    output_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    ckpt = str(Path(cfg.resume) / "checkpoints" / LAST) if cfg.get("resume") else None
-    if not multirun:
-        log.info(OmegaConf.to_yaml(cfg, resolve=False))
-    try:
-        results = train(cfg, output_dir, ckpt_path=ckpt)
-    except RunInterrupted as err:
-        log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
-        sys.exit(err.exit_code)
-    except (UserError, TrainingFailed) as err:
-        _record_failure(output_dir, str(err))
-        if not multirun:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR if isinstance(err, UserError) else 1)
-        log.error(f"job {hc.job.num} failed: {err}")
-        return None
-    except Exception as err:
-        if not multirun:
-            raise
-        _record_failure(output_dir, f"{type(err).__name__}: {err}")
-        log.error(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
-        return None
-    # The return value is what a sweeper (e.g. Optuna) minimises.
-    return results.get("best_val_loss")

@@ -15,11 +15,16 @@ from omegaconf import DictConfig
 
 from tinytransformer.callbacks import HParamsLogger, RunSummary, StepProgressBar
 from tinytransformer.callbacks.resume import LastCheckpoint
+from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.module import LanguageModel
 
 log = logging.getLogger(__name__)
+
+
+class TrainingFailed(Exception):
+    """Training ran but could not finish (e.g. a non-finite loss): exit non-zero, record it in sweeps."""
 
 
 class _DropAdverts(logging.Filter):
@@ -32,9 +37,9 @@ class _DropAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 
 
-def build_datamodule(cfg: DictConfig) -> TextDataModule:
+def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> TextDataModule:
     data = DataConfig(**to_plain(cfg.data))
-    return TextDataModule(data, seed=cfg.seed)
+    return TextDataModule(data, seed=cfg.seed, tokenizer_state=tokenizer_state)
 
 
 def build_module(cfg: DictConfig, dm: TextDataModule) -> LanguageModel:
@@ -91,7 +96,11 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     validate(cfg)
     output_dir = Path(output_dir)
     L.seed_everything(cfg.seed, verbose=False)
-    dm = build_datamodule(cfg)
+    # A resumed run keeps its checkpoint's vocabulary (and refuses data with characters outside it).
+    tokenizer_state = (
+        load_checkpoint(ckpt_path, "resume")["hyper_parameters"]["tokenizer"] if ckpt_path else None
+    )
+    dm = build_datamodule(cfg, tokenizer_state)
     dm.setup("fit")
     module = build_module(cfg, dm)
     summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-LAST = "last.ckpt"
+from tinytransformer.runs import LAST
 
 
 class RunInterrupted(Exception):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,14 +11,9 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinytransformer.runs import write_json_atomic
+
 LN2 = math.log(2)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temporary file + rename: a kill mid-write leaves the previous file intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class RunSummary(L.Callback):

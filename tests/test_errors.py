@@ -1,0 +1,182 @@
+"""Bad input through the real CLI: one line naming the key or file, the value and the fix; exit code 2;
+no traceback; and every file that existed before keeps its bytes."""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import TINY_RUN, run_cli
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A log dir holding one finished run, plus data files of every bad kind."""
+    root = tmp_path_factory.mktemp("errors")
+    result = run_cli("train.py", *TINY_RUN, "trainer.max_steps=20", f"paths.log_dir={root / 'logs'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = list((root / "logs" / "train" / "runs").glob("*/*"))
+    files = root / "files"
+    files.mkdir()
+    (files / "empty.txt").write_text("")
+    (files / "blank.txt").write_text("  \n\t \n")
+    (files / "short.txt").write_text("The cat sat on the mat. " * 3)
+    (files / "binary.bin").write_bytes(b"The cat sat" + bytes([0xFF, 0xFE, 0x00, 0x81]) * 50)
+    (files / "other.txt").write_text("Zyxw vut srq! " * 400)
+    ckpt = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    (files / "truncated.ckpt").write_bytes(ckpt[: len(ckpt) // 2])
+    (files / "notes.ckpt").write_text("not a checkpoint")
+    return root, run_dir, files
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr[-1500:]
+    for needle in needles:
+        assert needle in error_lines[0], (needle, error_lines[0])
+
+
+TRAIN_CASES = {
+    "mistyped key": (["model.d_modle=64"], ["model.d_modle=64", "did you mean model.d_model"]),
+    "wrong type": (["trainer.max_steps=abc"], ["trainer.max_steps='abc'", "an integer >= 1"]),
+    "dropout too high": (["model.dropout=1.5"], ["model.dropout=1.5", "[0, 1)"]),
+    "dropout negative": (["model.dropout=-0.1"], ["model.dropout=-0.1", "[0, 1)"]),
+    "zero batch": (["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
+    "negative lr": (["optimizer.lr=-0.001"], ["optimizer.lr=-0.001", "> 0"]),
+    "val fraction 0": (["data.val_fraction=0"], ["data.val_fraction=0", "(0, 1)"]),
+    "val fraction 1.5": (["data.val_fraction=1.5"], ["data.val_fraction=1.5", "(0, 1)"]),
+    "heads not dividing": (["model.n_heads=3"], ["model.n_heads=3", "model.d_model=128"]),
+    "block size 0": (["data.block_size=0"], ["data.block_size=0", ">= 1"]),
+    "unknown preset": (["model=huge"], ["model=huge", "available: default, shakespeare, small, tiny"]),
+    "bad syntax": (["model.dropout=[0.1"], ["override"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_bad_override_is_one_line_and_creates_nothing(workspace, case):
+    root, _, _ = workspace
+    args, needles = TRAIN_CASES[case]
+    before = snapshot(root)
+    result = run_cli("train.py", *args, f"paths.log_dir={root / 'logs'}")
+    assert_one_line_error(result, *needles)
+    assert snapshot(root) == before  # refused before any run dir was made
+
+
+DATA_CASES = {
+    "missing": ("missing.txt", ["data.path", "missing.txt", "does not exist"]),
+    "directory": (".", ["data.path", "directory"]),
+    "empty": ("empty.txt", ["data.path", "empty.txt", "empty"]),
+    "whitespace only": ("blank.txt", ["data.path", "blank.txt", "whitespace"]),
+    "too short": ("short.txt", ["data.block_size", "split has"]),
+    "not utf-8": ("binary.bin", ["binary.bin", "byte 11", "data.encoding"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_file_is_one_line_and_leaves_earlier_runs_alone(workspace, case):
+    root, _, files = workspace
+    name, needles = DATA_CASES[case]
+    before = snapshot(root / "logs")
+    result = run_cli(
+        "train.py", *TINY_RUN, "data=text_file", f"data.path={files / name}", f"paths.log_dir={root / 'logs'}"
+    )
+    assert_one_line_error(result, *needles)
+    after = snapshot(root / "logs")
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_resume_of_a_dir_that_is_not_a_run_is_refused(workspace):
+    root, _, files = workspace
+    assert_one_line_error(run_cli("train.py", f"resume={files}"), f"resume={files}", "not a run dir")
+    assert_one_line_error(run_cli("train.py", f"resume={root / 'nope'}"), "resume=", "not a run dir")
+
+
+def test_a_new_run_never_writes_into_an_existing_run_dir(workspace):
+    root, run_dir, _ = workspace
+    before = snapshot(root)
+    result = run_cli("train.py", *TINY_RUN, f"hydra.run.dir={run_dir}", f"paths.log_dir={root / 'logs'}")
+    assert_one_line_error(result, "already holds a run", f"resume={run_dir}")
+    assert snapshot(root) == before
+
+
+def test_resume_with_data_the_checkpoint_vocabulary_lacks_is_refused(workspace):
+    root, run_dir, files = workspace
+    before = snapshot(root)
+    log_before = (run_dir / "train.log").read_text()
+    result = run_cli(
+        "train.py", f"resume={run_dir}", "data.corpus=text_file", f"data.path={files / 'other.txt'}"
+    )
+    assert_one_line_error(result, "vocabulary")
+    after = snapshot(root)
+    log = str(run_dir / "train.log")
+    assert {k: v for k, v in after.items() if k in before and k != log} == {
+        k: v for k, v in before.items() if k != log
+    }
+    assert (
+        (run_dir / "train.log").read_text().startswith(log_before)
+    )  # the log was appended to, not rewritten
+    assert not (run_dir / "failed.json").exists()
+
+
+GENERATE_CASES = {
+    "missing checkpoint": (["ckpt_path={files}/nope.ckpt"], ["ckpt_path=", "nope.ckpt", "no such file"]),
+    "truncated checkpoint": (
+        ["ckpt_path={files}/truncated.ckpt"],
+        ["truncated.ckpt", "not a readable checkpoint"],
+    ),
+    "not a checkpoint": (["ckpt_path={files}/notes.ckpt"], ["notes.ckpt", "not a readable checkpoint"]),
+    "no checkpoints in dir": (["ckpt_path={files}"], ["ckpt_path=", "no checkpoints"]),
+    "empty prompt": (["ckpt_path={run}", "prompt="], ["prompt=", "empty"]),
+    "unknown characters": (["ckpt_path={run}", "prompt=The ZEBRA"], ["prompt=", "never saw", "'BERZ'"]),
+    "negative tokens": (["ckpt_path={run}", "max_new_tokens=-1"], ["max_new_tokens=-1", ">= 0"]),
+    "top_k too large": (["ckpt_path={run}", "top_k=1000"], ["top_k=1000", "vocabulary size"]),
+    "top_p zero": (["ckpt_path={run}", "top_p=0"], ["top_p=0", "(0, 1]"]),
+    "top_p above one": (["ckpt_path={run}", "top_p=1.5"], ["top_p=1.5", "(0, 1]"]),
+    "no checkpoint given": ([], ["ckpt_path", "required"]),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERATE_CASES))
+def test_bad_generation_input_is_one_line(workspace, case):
+    root, run_dir, files = workspace
+    args, needles = GENERATE_CASES[case]
+    args = [a.format(files=files, run=run_dir) for a in args]
+    before = snapshot(root)
+    assert_one_line_error(run_cli("generate.py", *args), *needles)
+    assert snapshot(root) == before
+
+
+def test_evaluate_refuses_a_truncated_checkpoint(workspace):
+    _, _, files = workspace
+    assert_one_line_error(run_cli("evaluate.py", f"ckpt_path={files / 'truncated.ckpt'}"), "truncated.ckpt")
+
+
+class _CreatesFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(workspace, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"model": {}}, "payload": _CreatesFile(marker)},
+        evil,
+        pickle_protocol=pickle.HIGHEST_PROTOCOL,
+    )
+    for script in ("generate.py", "evaluate.py"):
+        assert_one_line_error(run_cli(script, f"ckpt_path={evil}"), "evil.ckpt", "refused")
+    assert not marker.exists()
