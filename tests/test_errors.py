@@ -2,6 +2,7 @@
 no traceback; and every file that existed before keeps its bytes."""
 
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -180,3 +181,25 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(workspac
     for script in ("generate.py", "evaluate.py"):
         assert_one_line_error(run_cli(script, f"ckpt_path={evil}"), "evil.ckpt", "refused")
     assert not marker.exists()
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    no_warmup = [o for o in TINY_RUN if not o.startswith("scheduler.")]
+    result = run_cli(
+        "train.py",
+        *no_warmup,
+        "optimizer.lr=1e6",
+        "scheduler=none",
+        "trainer.max_steps=200",
+        "trainer.checkpoint_every_n_steps=1",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert result.returncode == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "non-finite training loss" in error[0] and "lr 1e+06" in error[0]
+    (run_dir,) = list((tmp_path / "train" / "runs").glob("*/*"))
+    assert json.loads((run_dir / "metrics.json").read_text())["stop_reason"] == "non_finite_loss"
+    assert json.loads((run_dir / "failed.json").read_text())["status"] == "failed"
+    kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert kept["global_step"] >= 1
+    assert all(t.isfinite().all() for k, t in kept["state_dict"].items() if k.startswith("model."))

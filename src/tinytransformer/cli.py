@@ -190,7 +190,8 @@ def _hydra_train(cfg) -> float | None:
     from omegaconf import OmegaConf
 
     from tinytransformer.callbacks.resume import RunInterrupted
-    from tinytransformer.training import TrainingFailed, train
+    from tinytransformer.module import NonFiniteLoss
+    from tinytransformer.training import train
 
     log = logging.getLogger("tinytransformer")
     hc = HydraConfig.get()
@@ -204,8 +205,8 @@ def _hydra_train(cfg) -> float | None:
     except RunInterrupted as err:
         log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
         sys.exit(err.exit_code)
-    except (UserError, TrainingFailed) as err:
-        if not cfg.get("resume") or isinstance(err, TrainingFailed):  # a refused resume is no failed run
+    except (UserError, NonFiniteLoss) as err:
+        if not cfg.get("resume") or isinstance(err, NonFiniteLoss):  # a refused resume is no failed run
             runs.record_failure(output_dir, str(err))
         if not multirun:
             print(f"error: {err}", file=sys.stderr)

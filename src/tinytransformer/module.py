@@ -16,6 +16,18 @@ from tinytransformer.model import TinyTransformer
 from tinytransformer.optim import build_optimizer, warmup_cosine
 
 
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite: training stops, the last good checkpoint stays."""
+
+    stop_reason = "non_finite_loss"
+
+    def __init__(self, step: int, lr: float, loss: float):
+        super().__init__(
+            f"non-finite training loss ({loss}) at step {step} (lr {lr:.3g}); stopped, keeping the last good "
+            "last.ckpt if one was written. Lower optimizer.lr, or set trainer.gradient_clip_val"
+        )
+
+
 class LanguageModel(L.LightningModule):
     """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
 
@@ -53,6 +65,9 @@ class LanguageModel(L.LightningModule):
         # sync per step.
         self.register_buffer("_train_loss_sum", torch.zeros(()))
         self.register_buffer("_train_loss_steps", torch.zeros(()))
+        # The first step whose loss was not finite (-1: none), tracked on the device; read only at
+        # checkpoints and log steps, so the guard costs no host sync per step.
+        self.register_buffer("_first_nonfinite_step", torch.tensor(-1), persistent=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -67,11 +82,20 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
+        bad = ~loss.detach().isfinite() & (self._first_nonfinite_step < 0)
+        self._first_nonfinite_step.masked_fill_(bad, self.global_step + 1)
         self._train_loss_sum += loss.detach()
         self._train_loss_steps += 1
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss if any training loss since the start was NaN or infinite (syncs once)."""
+        step = int(self._first_nonfinite_step)
+        if step >= 0:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            raise NonFiniteLoss(step, lr, float(self._train_loss_sum))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""

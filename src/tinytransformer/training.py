@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,6 @@ from tinytransformer.module import LanguageModel
 log = logging.getLogger(__name__)
 
 
-class TrainingFailed(Exception):
-    """Training ran but could not finish (e.g. a non-finite loss): exit non-zero, record it in sweeps."""
-
-
 class _DropAdverts(logging.Filter):
     """Lightning prints product tips on every run; they are not about the user's run."""
 
@@ -35,6 +30,8 @@ class _DropAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+for _name in ("lightning.pytorch", "lightning.fabric"):  # print once, through the run's own log handlers
+    logging.getLogger(_name).handlers.clear()
 
 
 def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> TextDataModule:
@@ -153,7 +150,7 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 def format_summary(r: dict[str, Any], output_dir: Path) -> str:
     """The one summary a run ends with."""
     lines = [f"run dir: {output_dir}"]
-    if "best_val_loss" in r and math.isfinite(r["best_val_loss"]):
+    if r.get("best_val_loss") is not None:
         line = f"best val loss {r['best_val_loss']:.4f} ({r['best_val_bpc']:.4f} bits/char) at step {r['best_step']}"
         if "entropy_floor_bpc" in r:
             gap = 100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1)

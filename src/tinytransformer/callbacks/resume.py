@@ -17,11 +17,11 @@ class RunInterrupted(Exception):
 
     def __init__(self, signal_name: str, step: int, path: Path):
         super().__init__(f"{signal_name}: saved {path} at step {step}")
-        self.signal_name, self.step, self.path = signal_name, step, path
+        self.stop_reason, self.step, self.path = signal_name, step, path
 
     @property
     def exit_code(self) -> int:
-        return 128 + signal.Signals[self.signal_name].value
+        return 128 + signal.Signals[self.stop_reason].value
 
 
 class LastCheckpoint(Checkpoint):
@@ -51,25 +51,29 @@ class LastCheckpoint(Checkpoint):
         self.signal_received = signal.Signals(signum).name
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.fit_loop._should_accumulate() and not validation_follows(trainer):
-            self._at_resume_point(trainer)
+        if trainer.fit_loop._should_accumulate():
+            return
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            pl_module.check_finite()
+        if not validation_follows(trainer):
+            self._at_resume_point(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._at_resume_point(trainer)
+            self._at_resume_point(trainer, pl_module)
 
-    def _at_resume_point(self, trainer: L.Trainer) -> None:
+    def _at_resume_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stop = self.signal_received is not None
         if trainer.world_size > 1:  # all ranks must stop together; agree every 10 steps, not every step
             stop = trainer.global_step % 10 == 0 and trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            self.save(trainer)
+            self.save(trainer, pl_module)
             raise RunInterrupted(self.signal_received or "SIGTERM", trainer.global_step, self.path)
         if trainer.global_step % self.every_n_steps == 0:
-            self.save(trainer)
+            self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save(trainer)
+        self.save(trainer, pl_module)
         self.restore_signal_handlers()
 
     def on_exception(
@@ -82,9 +86,10 @@ class LastCheckpoint(Checkpoint):
             signal.signal(sig, handler)
         self._previous_handlers.clear()
 
-    def save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._saved_step == trainer.global_step and self.path.exists():
             return
+        pl_module.check_finite()  # never replace a good last.ckpt with NaN weights
         for logger in trainer.loggers:  # events up to the checkpoint survive a SIGKILL
             logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)

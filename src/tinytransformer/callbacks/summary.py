@@ -25,7 +25,7 @@ class RunSummary(L.Callback):
     def __init__(self, path: str | Path, static: dict[str, Any] | None = None):
         self.path = Path(path)
         self.static = dict(static or {})  # known before training: vocab_size, params, entropy floor...
-        self.state: dict[str, Any] = {"best_val_loss": math.inf, "best_step": -1}
+        self.state: dict[str, Any] = {}
         self._fit_start: float | None = None
         self._start_step = 0
 
@@ -48,7 +48,7 @@ class RunSummary(L.Callback):
         self.state.update(final_val_loss=val_loss, final_val_bpc=float(m["val/bpc"]), steps=step)
         if "train/loss_avg" in m:
             self.state["final_train_loss"] = float(m["train/loss_avg"])
-        if val_loss < self.state["best_val_loss"]:
+        if val_loss < self.state.get("best_val_loss", math.inf):
             self.state.update(best_val_loss=val_loss, best_val_bpc=float(m["val/bpc"]), best_step=step)
         self.write(trainer)
 
@@ -64,7 +64,7 @@ class RunSummary(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.state["stop_reason"] = getattr(exception, "signal_name", None) or type(exception).__name__
+        self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
         self.state["steps"] = trainer.global_step
         self.write(trainer)
 
