@@ -99,3 +99,11 @@ def test_seed_dataset_items_are_shifted_windows():
 def test_seed_dataset_refuses_text_shorter_than_a_window():
     with pytest.raises(UserError, match="block_size=8"):
         SimpleTextDataset("The cat", create_tokenizer("simple"), block_size=8)
+
+
+def test_nonoverlapping_protocol_scores_every_position_of_back_to_back_windows():
+    batches = list(StridedEvalBatches(TOKENS[:101], 16, 4, protocol="nonoverlapping"))
+    x, y = batches[0]
+    assert (y != IGNORE_INDEX).all()
+    assert x[1, 0].item() == TOKENS[16]
+    assert sum(len(b[0]) for b in batches) == 6  # 96 of 100 targets; the partial tail is dropped

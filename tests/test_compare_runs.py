@@ -178,3 +178,12 @@ def test_cli_on_missing_path_exits_2_with_one_line_on_stderr(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {missing}: no such directory")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_overrides_every_run_shares_are_named_once_under_the_table_not_in_each_row(tmp_path):
+    shared = ["model=tiny", "trainer.max_steps=40"]
+    make_job(tmp_path, 0, [*shared, "model.dropout=0"], metrics=results(1.2))
+    make_job(tmp_path, 1, [*shared, "model.dropout=0.1"], metrics=results(1.1))
+    text = compare(tmp_path)
+    assert [row[0] for row in table_rows(text)] == ["dropout=0.1", "dropout=0"]
+    assert "all runs: model=tiny, max_steps=40" in text.splitlines()

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,32 @@ def test_word_level_tokenizer_option():
     dm.setup()
     assert dm.tokenizer.kind == "simple"
     assert "cat" in dm.tokenizer.tokens
+
+
+def inline(**kwargs) -> DataConfig:
+    texts = {"text": "The cat sat on the mat.", "val_text": "The dog sat on the rug!", "test_fraction": 0.0}
+    return DataConfig(corpus="inline", block_size=4, **(texts | kwargs))
+
+
+def test_inline_corpus_trains_on_its_text_and_validates_on_the_held_out_text():
+    dm = TextDataModule(inline(tokenizer="simple"), seed=0)
+    dm.setup()
+    assert dm.tokenizer.decode(dm.splits["train"].tolist()) == "The cat sat on the mat."
+    assert dm.tokenizer.decode(dm.splits["val"].tolist()) == "The dog sat on the rug!"
+    assert len(dm.splits["test"]) == 0
+    char_level = TextDataModule(inline(), seed=0)
+    char_level.setup()
+    assert "!" in char_level.tokenizer.chars  # the vocabulary covers the held-out text too
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"val_text": None}, "data.val_text=None: data=inline needs"),
+        ({"text": "  "}, "data.text='  ': data=inline needs"),
+        ({"test_fraction": 0.1}, "data.test_fraction=0.1: data=inline has no test split"),
+    ],
+)
+def test_inline_corpus_needs_both_texts_and_no_test_split(change, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        TextDataModule(inline(**change), seed=0).setup()

@@ -31,6 +31,14 @@ def as_index_tensor(tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tokens if isinstance(tokens, torch.Tensor) else torch.from_numpy(np.asarray(tokens))
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without a host sync: a copy from pageable memory to a GPU waits for
+    the GPU's queue to drain, one from pinned memory does not."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Input noise for training batches only (targets are never touched)."""
@@ -46,8 +54,8 @@ class Augment:
 
     def apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         # Noise is drawn on the CPU from the batch's own generator (deterministic per step on any device).
-        u = torch.rand(x.shape, generator=generator).to(x.device)
-        random_ids = torch.randint(self.vocab_size, x.shape, generator=generator).to(x.device)
+        u = to_device(torch.rand(x.shape, generator=generator), x.device)
+        random_ids = to_device(torch.randint(self.vocab_size, x.shape, generator=generator), x.device)
         x = torch.where(u < self.substitute_prob, random_ids, x)
         return torch.where(u >= 1.0 - self.mask_prob, torch.full_like(x, self.mask_id), x)
 
@@ -84,7 +92,9 @@ class RandomWindowBatches:
             index %= self.repeat_every
         generator = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, index))
         offsets = torch.randint(self.num_windows, (self.batch_size,), generator=generator)
-        windows = self.tokens[offsets.to(self.tokens.device)[:, None] + self._arange].long()  # (B, T+1)
+        windows = self.tokens[
+            to_device(offsets, self.tokens.device)[:, None] + self._arange
+        ].long()  # (B, T+1)
         x, y = windows[:, :-1], windows[:, 1:]
         if self.augment is not None:
             x = self.augment.apply(x, generator)
@@ -116,10 +126,18 @@ def strided_windows(num_tokens: int, block_size: int) -> list[tuple[int, int]]:
     return windows
 
 
+def nonoverlapping_windows(num_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """Back-to-back windows scoring all their positions (nanoGPT's protocol: early positions have little
+    context, so its loss is higher than the strided one); a partial last window is dropped."""
+    return [(start, 0) for start in range(0, num_tokens - block_size, block_size)]
+
+
 class StridedEvalBatches:
     """Deterministic evaluation batches over strided windows; unscored targets are IGNORE_INDEX.
 
     Ranks take every `world_size`-th window (no padding, so no target is counted twice across ranks).
+    `protocol="nonoverlapping"` scores every position of back-to-back windows instead (for comparisons
+    with figures measured that way).
     """
 
     def __init__(
@@ -129,10 +147,12 @@ class StridedEvalBatches:
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        protocol: str = "strided",
     ):
         self.tokens = as_index_tensor(tokens)
         self.block_size, self.batch_size = min(block_size, len(self.tokens) - 1), batch_size
-        self.windows = strided_windows(len(self.tokens), self.block_size)[rank::world_size]
+        windows = nonoverlapping_windows if protocol == "nonoverlapping" else strided_windows
+        self.windows = windows(len(self.tokens), self.block_size)[rank::world_size]
         self._arange = torch.arange(self.block_size + 1)
 
     def __len__(self) -> int:

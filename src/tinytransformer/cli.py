@@ -12,12 +12,30 @@ import re
 import sys
 from pathlib import Path
 
-from tinytransformer import runs
+from tinytransformer import distributed, runs
 from tinytransformer.errors import EXIT_USER_ERROR, UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "conf"
 _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+
+
+def register_resolvers() -> None:
+    """`${sweep_job_name:}` in conf/hydra/default.yaml: sweep jobs named by what differs between them."""
+    from omegaconf import OmegaConf
+
+    def sweep_job_name(*, _root_) -> str:
+        hydra = _root_.hydra
+        params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
+        return runs.sweep_job_name(
+            hydra.sweep.dir, list(hydra.overrides.task), params, hydra.job.override_dirname
+        )
+
+    OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)
+
+
+# At import: a sweep job may run in a process that only unpickles the task function (submitit).
+register_resolvers()
 
 
 def project_env() -> None:
@@ -116,6 +134,10 @@ def train_main() -> None:
     """`python scripts/train.py [key=value ...]`, `-m` for sweeps, `resume=<run dir>` to continue a run."""
     project_env()
     argv = sys.argv[1:]
+    if distributed.relaunched_by_lightning():  # a DDP rank > 0: Lightning completed its command line
+        sys.argv = [sys.argv[0], *argv, *distributed.QUIET_RANK_OVERRIDES]
+        hydra_train()
+        return
     overrides, multirun, hydra_flag = parse_args(argv)
     config_dir, config_name, extra = CONFIG_DIR, "train", []
     try:
@@ -127,11 +149,19 @@ def train_main() -> None:
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
             cfg = preflight(config_dir, config_name, overrides + extra, multirun)
-            if not multirun and not resume:
+            distributed.check_launch(cfg, multirun)
+            if not multirun and not resume and distributed.is_rank_zero():
                 runs.refuse_existing_run(cfg.hydra.run.dir)
+            if distributed.under_torchrun():  # one run dir for all ranks, written by rank 0
+                extra += distributed.torchrun_overrides(cfg, overrides + extra)
     except UserError as err:
         fail(str(err))
-    sys.argv = [sys.argv[0], *argv, *extra, f"--config-path={config_dir}", f"--config-name={config_name}"]
+    config = [f"--config-path={config_dir}", f"--config-name={config_name}"]
+    if hydra_flag:
+        sys.argv = [sys.argv[0], *argv, *extra, *config]
+    else:  # flags first: Lightning's ddp appends overrides when it re-runs this command for other ranks
+        flags = [a for a in argv if a.startswith("-")]
+        sys.argv = [sys.argv[0], *flags, *config, *overrides, *extra]
     hydra_train()
 
 
@@ -183,6 +213,7 @@ def evaluate_main() -> None:
 def _hydra_train(cfg) -> float | None:
     """The Hydra task: train one job; in a sweep, a failing job is recorded and the sweep goes on."""
     import logging
+    import signal
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
@@ -197,13 +228,22 @@ def _hydra_train(cfg) -> float | None:
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    rank_zero = distributed.is_rank_zero()
+    if not rank_zero:  # one train.log, rank 0's (SLURM starts every task with Hydra's log handlers)
+        _drop_file_handlers(logging.getLogger())
     ckpt = str(Path(cfg.resume) / "checkpoints" / runs.LAST) if cfg.get("resume") else None
-    if not multirun:
+    if multirun and not ckpt and (last := runs.checkpoint_to_continue(output_dir)):
+        ckpt = str(last)  # a requeued SLURM job: same run dir, continue where it stopped
+        log.info(f"continuing {output_dir} from {last}")
+    if not multirun and rank_zero:
         log.info(OmegaConf.to_yaml(cfg, resolve=False))
     try:
         results = train(cfg, output_dir, ckpt_path=ckpt)
     except RunInterrupted as err:
-        log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
+        if rank_zero:
+            log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
+        if err.stop_reason == "SIGUSR2":  # SLURM's time-limit notice: submitit's handler requeues the job
+            signal.raise_signal(signal.SIGUSR2)
         sys.exit(err.exit_code)
     except (UserError, NonFiniteLoss) as err:
         if not cfg.get("resume") or isinstance(err, NonFiniteLoss):  # a refused resume is no failed run
@@ -220,6 +260,14 @@ def _hydra_train(cfg) -> float | None:
         log.error(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
         return None
     return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
+
+
+def _drop_file_handlers(logger) -> None:
+    import logging
+
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def hydra_train() -> None:

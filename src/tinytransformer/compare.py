@@ -134,6 +134,16 @@ def find_runs(root: Path) -> list[RunRecord]:
     return [load_run(d, str(d.relative_to(root)) if d != root else d.name) for d in run_dirs]
 
 
+def drop_shared_overrides(runs: list[RunRecord]) -> tuple[str, ...]:
+    """Take the overrides that every run has out of each run's setting (they tell no runs apart)."""
+    if len(runs) < 2:
+        return ()
+    shared = set.intersection(*(set(r.setting) for r in runs))
+    for run in runs:
+        run.setting = tuple(o for o in run.setting if o not in shared)
+    return tuple(sorted(shared))
+
+
 def group_by_setting(runs: list[RunRecord]) -> list[SettingGroup]:
     """Finished runs grouped by setting, best (lowest mean best val loss) first."""
     by_setting: dict[tuple[str, ...], list[RunRecord]] = {}
@@ -187,9 +197,11 @@ def entropy_floor(groups: list[SettingGroup]) -> float | None:
     return floors[0] if floors else None
 
 
-def report(runs: list[RunRecord], groups: list[SettingGroup]) -> str:
-    """The table, the entropy floor, and one line per run that is not in the table."""
+def report(runs: list[RunRecord], groups: list[SettingGroup], shared: tuple[str, ...] = ()) -> str:
+    """The table, what all runs share, the entropy floor, and one line per run that is not in the table."""
     lines = [markdown_table(groups) if groups else "no finished runs to compare"]
+    if shared:
+        lines += ["", f"all runs: {short_label(shared)}"]
     floor = entropy_floor(groups)
     if floor is not None:
         lines += ["", f"entropy floor: {floor:.4f} bits/char"]
@@ -264,8 +276,9 @@ def compare(root: str | Path) -> str:
     runs = find_runs(root)
     if not runs:
         raise UserError(f"{root}: no run dirs found (none holds .hydra/config.yaml); {_USAGE}")
+    shared = drop_shared_overrides(runs)
     groups = group_by_setting(runs)
-    text = report(runs, groups)
+    text = report(runs, groups, shared)
     (root / REPORT).write_text(text + "\n")
     plot_curves(groups, root / CURVES, entropy_floor(groups))
     return text

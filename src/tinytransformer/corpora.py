@@ -1,4 +1,5 @@
-"""The text a run trains on: generated Tiny World, Tiny Shakespeare (downloaded once), or any text file."""
+"""The text a run trains on: generated Tiny World, Tiny Shakespeare (downloaded once), any text file, or
+a text given in the config (with a held-out text to validate on)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ class Corpus:
     name: str  # "tiny_world", "shakespeare", or the file's name
     entropy_floor_bpc: float | None  # the best achievable loss, known for tiny_world only
     source: str  # a path, or how the text was generated
+    val_text: str | None = None  # a held-out text to validate on (data=inline); None: val is a slice of text
+
+
+def inline_corpus(text: str | None, val_text: str | None) -> Corpus:
+    """Texts given in the config itself: `data.text` to train on, `data.val_text` held out for validation."""
+    for key, value in (("data.text", text), ("data.val_text", val_text)):
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(
+                f"{key}={value!r}: data=inline needs a non-empty training text and a held-out text; "
+                'set data.text="..." and data.val_text="..."'
+            )
+    return Corpus(text=text, name="inline", entropy_floor_bpc=None, source="data.text", val_text=val_text)
 
 
 def tiny_world_corpus(num_chars: int, seed: int) -> Corpus:
@@ -104,16 +117,21 @@ def shakespeare_corpus(
     sha256: str = SHAKESPEARE_SHA256,
 ) -> Corpus:
     """Tiny Shakespeare from `path` if given, else from `cache_dir`, downloading it there the first time."""
-    if path:
-        # A given path that is missing is a typo to report, not a reason to download.
-        file = Path(path)
-        text = read_text_file(file, key="data.path")
-    else:
-        file = Path(cache_dir) / SHAKESPEARE_FILE_NAME
-        if not file.exists():
-            download_file(url, file, sha256)
-        text = read_text_file(file, key="data.cache_dir")
+    file = shakespeare_path(path, cache_dir, url, sha256)
+    text = read_text_file(file, key="data.path" if path else "data.cache_dir")
     return Corpus(text=text, name="shakespeare", entropy_floor_bpc=None, source=str(file.resolve()))
+
+
+def shakespeare_path(
+    path: str | None, cache_dir: str, url: str = SHAKESPEARE_URL, sha256: str = SHAKESPEARE_SHA256
+) -> Path:
+    """The Tiny Shakespeare file: `path` if given, else the cached copy, downloaded once if missing."""
+    if path:
+        return Path(path)  # a given path that is missing is a typo to report, not a reason to download
+    file = Path(cache_dir) / SHAKESPEARE_FILE_NAME
+    if not file.exists():
+        download_file(url, file, sha256)
+    return file
 
 
 def download_file(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) -> Path:

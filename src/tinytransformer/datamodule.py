@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 
 from tinytransformer.batches import Augment, RandomWindowBatches, StridedEvalBatches
-from tinytransformer.corpora import Corpus, shakespeare_corpus, text_file_corpus, tiny_world_corpus
+from tinytransformer.corpora import (
+    Corpus,
+    inline_corpus,
+    shakespeare_corpus,
+    shakespeare_path,
+    text_file_corpus,
+    tiny_world_corpus,
+)
 from tinytransformer.errors import UserError
+from tinytransformer.token_cache import cached_char_tokens
 from tinytransformer.tokenizers import Tokenizer, create_tokenizer, tokenizer_from_dict
 
 
@@ -18,8 +27,10 @@ from tinytransformer.tokenizers import Tokenizer, create_tokenizer, tokenizer_fr
 class DataConfig:
     """What `conf/data/*.yaml` holds (the schema of the `data` group)."""
 
-    corpus: str = "tiny_world"  # tiny_world | text_file | shakespeare
+    corpus: str = "tiny_world"  # tiny_world | text_file | shakespeare | inline
     path: str | None = None
+    text: str | None = None  # data=inline: the training text
+    val_text: str | None = None  # data=inline: the held-out text (the val split; no test split)
     encoding: str = "utf-8"
     num_chars: int = 1_000_000  # size of the generated tiny_world corpus
     cache_dir: str = "data/cache"
@@ -43,8 +54,15 @@ def load_corpus(cfg: DataConfig, seed: int) -> Corpus:
         return text_file_corpus(cfg.path, cfg.encoding)
     if cfg.corpus == "shakespeare":
         return shakespeare_corpus(cfg.path, cfg.cache_dir)
+    if cfg.corpus == "inline":
+        if cfg.test_fraction:
+            raise UserError(
+                f"data.test_fraction={cfg.test_fraction}: data=inline has no test split (it validates on "
+                "data.val_text); set data.test_fraction=0"
+            )
+        return inline_corpus(cfg.text, cfg.val_text)
     raise UserError(
-        f"data.corpus: unknown corpus {cfg.corpus!r}; use data=tiny_world, text_file or shakespeare"
+        f"data.corpus: unknown corpus {cfg.corpus!r}; use data=tiny_world, text_file, shakespeare or inline"
     )
 
 
@@ -79,22 +97,52 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return
         cfg = self.cfg
-        self.corpus = load_corpus(cfg, self.seed)
-        if self._tokenizer_state is not None:
-            self.tokenizer = tokenizer_from_dict(self._tokenizer_state)
-            self._check_vocabulary(self.corpus.text)
+        tokens = self._cached_file_tokens() if self._uses_token_cache() else self._in_memory_tokens()
+        if self.corpus.val_text is not None:  # data=inline: all of the text trains, another validates
+            self.splits = {"train": tokens, "val": self._encode(self.corpus.val_text), "test": tokens[:0]}
         else:
-            self.tokenizer = create_tokenizer(cfg.tokenizer, self.corpus.text, self.augment.mask_prob > 0)
-        tokens = self.tokenizer.encode_array(self.corpus.text)
-        dtype = np.uint8 if self.tokenizer.vocab_size <= 256 else np.int32
-        self.splits = split_tokens(tokens.astype(dtype), cfg.val_fraction, cfg.test_fraction)
+            self.splits = split_tokens(tokens, cfg.val_fraction, cfg.test_fraction)
         for name, part in self.splits.items():
-            if len(part) < cfg.block_size + 1:
+            if len(part) < cfg.block_size + 1 and (name != "test" or cfg.test_fraction > 0):
                 raise UserError(
                     f"data: the {name} split has {len(part)} tokens, fewer than data.block_size + 1 = "
                     f"{cfg.block_size + 1}; use a longer text, a smaller data.block_size or a larger "
                     f"data.{name}_fraction"
                 )
+
+    def _uses_token_cache(self) -> bool:
+        """Char-level text files go through the memory-mapped token cache (any size, tokenized once)."""
+        return self.cfg.corpus in ("text_file", "shakespeare") and self.cfg.tokenizer == "char"
+
+    def _cached_file_tokens(self) -> np.ndarray:
+        cfg = self.cfg
+        if cfg.corpus == "text_file" and not cfg.path:
+            raise UserError("data.path: not set; data=text_file needs data.path=<a UTF-8 text file>")
+        path = cfg.path if cfg.corpus == "text_file" else shakespeare_path(cfg.path, cfg.cache_dir)
+        given = tokenizer_from_dict(self._tokenizer_state) if self._tokenizer_state else None
+        tokens, self.tokenizer, sample = cached_char_tokens(
+            path, cfg.cache_dir, cfg.encoding, given, with_mask=self.augment.mask_prob > 0
+        )
+        name = "shakespeare" if cfg.corpus == "shakespeare" else Path(path).name
+        # For files, `corpus.text` is the text's beginning: enough to score samples, never the whole file.
+        self.corpus = Corpus(text=sample, name=name, entropy_floor_bpc=None, source=str(Path(path).resolve()))
+        return tokens
+
+    def _in_memory_tokens(self) -> np.ndarray:
+        cfg = self.cfg
+        self.corpus = load_corpus(cfg, self.seed)
+        # The vocabulary covers a held-out val text too (as it covers the val slice of one text).
+        text = self.corpus.text + (f" {self.corpus.val_text}" if self.corpus.val_text else "")
+        if self._tokenizer_state is not None:
+            self.tokenizer = tokenizer_from_dict(self._tokenizer_state)
+            self._check_vocabulary(text)
+        else:
+            self.tokenizer = create_tokenizer(cfg.tokenizer, text, self.augment.mask_prob > 0)
+        return self._encode(self.corpus.text)
+
+    def _encode(self, text: str) -> np.ndarray:
+        dtype = np.uint8 if self.tokenizer.vocab_size <= 256 else np.int32
+        return self.tokenizer.encode_array(text).astype(dtype)
 
     def _check_vocabulary(self, text: str) -> None:
         unknown = self.tokenizer.unknown_chars(text)
@@ -140,15 +188,20 @@ class TextDataModule(L.LightningDataModule):
         tokens = torch.from_numpy(np.ascontiguousarray(self.splits[split]))
         return tokens.to(device)
 
-    def _eval_batches(self, split: str, max_chars: int | None) -> StridedEvalBatches:
+    def eval_batches(
+        self, split: str, max_chars: int | None, protocol: str = "strided"
+    ) -> StridedEvalBatches:
+        """Deterministic batches over the first `max_chars` + 1 tokens of a split (all when None)."""
         tokens = self.splits[split]
         if max_chars is not None:
             tokens = tokens[: max_chars + 1]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return StridedEvalBatches(tokens, self.cfg.block_size, self.cfg.eval_batch_size, rank, world)
+        return StridedEvalBatches(
+            tokens, self.cfg.block_size, self.cfg.eval_batch_size, rank, world, protocol
+        )
 
     def val_dataloader(self) -> StridedEvalBatches:
-        return self._eval_batches("val", self.cfg.max_eval_chars)
+        return self.eval_batches("val", self.cfg.max_eval_chars)
 
     def test_dataloader(self) -> StridedEvalBatches:
-        return self._eval_batches("test", None)
+        return self.eval_batches("test", None)

@@ -71,14 +71,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("test")
     model = model_from_checkpoint(ckpt, cfg.device)
     results: dict[str, Any] = {"ckpt_path": ckpt["path"], "step": ckpt.get("global_step")}
-    batch_sources = {"val": dm.val_dataloader, "test": dm.test_dataloader}
+    if cfg.protocol not in ("strided", "nonoverlapping"):
+        raise UserError(f"protocol={cfg.protocol!r}: use strided (ours) or nonoverlapping (nanoGPT's)")
+    max_chars = {"val": dm.cfg.max_eval_chars, "test": None}
     for split in cfg.splits:
-        if split not in batch_sources:
+        if split not in max_chars:
             raise UserError(f"splits: unknown split {split!r}; use [val], [test] or [val,test]")
         if len(dm.splits[split]) < 2:
             continue
         metrics = LanguageModelMetrics(dm.tokenizer.token_char_lengths()).to(cfg.device)
-        for x, y in batch_sources[split]():
+        for x, y in dm.eval_batches(split, max_chars[split], cfg.protocol):
             metrics.update(model(x.to(cfg.device)), y.to(cfg.device))
         results.update({f"{split}/{k}": float(v) for k, v in metrics.compute().items()})
     return results

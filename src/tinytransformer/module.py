@@ -65,6 +65,11 @@ class LanguageModel(L.LightningModule):
         # sync per step.
         self.register_buffer("_train_loss_sum", torch.zeros(()))
         self.register_buffer("_train_loss_steps", torch.zeros(()))
+        # Likewise bits/char (comparable with a corpus's entropy floor), and how many optimizer steps had
+        # their gradient clipped.
+        self.register_buffer("_train_bpc_sum", torch.zeros(()))
+        self.register_buffer("_clipped_steps", torch.zeros(()))
+        self.register_buffer("_optimizer_steps", torch.zeros(()))
         # The first step whose loss was not finite (-1: none), tracked on the device; read only at
         # checkpoints and log steps, so the guard costs no host sync per step.
         self.register_buffer("_first_nonfinite_step", torch.tensor(-1), persistent=False)
@@ -86,8 +91,9 @@ class LanguageModel(L.LightningModule):
         self._first_nonfinite_step.masked_fill_(bad, self.global_step + 1)
         self._train_loss_sum += loss.detach()
         self._train_loss_steps += 1
+        chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
+        self._train_bpc_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
     def check_finite(self) -> None:
@@ -101,8 +107,11 @@ class LanguageModel(L.LightningModule):
         """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""
         max_norm = gradient_clip_val if gradient_clip_val else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
+        clipped = (norm > max_norm).float()
+        self._clipped_steps += clipped
+        self._optimizer_steps += 1
         self.log("train/grad_norm", norm)
-        self.log("train/clipped", (norm > max_norm).float())
+        self.log("train/clipped", clipped)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -118,8 +127,14 @@ class LanguageModel(L.LightningModule):
         self.log("val/loss_best", self.val_loss_best.compute())
         if self._train_loss_steps > 0:
             self.log("train/loss_avg", self._train_loss_sum / self._train_loss_steps)
+            self.log("train/bpc_avg", self._train_bpc_sum / self._train_loss_steps)
             self._train_loss_sum.zero_()
+            self._train_bpc_sum.zero_()
             self._train_loss_steps.zero_()
+        if self._optimizer_steps > 0:  # share of the steps since the last validation that were clipped
+            self.log("train/clip_fraction", self._clipped_steps / self._optimizer_steps)
+            self._clipped_steps.zero_()
+            self._optimizer_steps.zero_()
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

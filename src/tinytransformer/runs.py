@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tinytransformer.errors import UserError
 
 LAST = "last.ckpt"  # the checkpoint a run resumes from
@@ -27,6 +29,31 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def record_failure(output_dir: Path, reason: str) -> None:
     write_json_atomic(output_dir / FAILED, {"status": "failed", "reason": reason})
+
+
+def sweep_job_name(
+    sweep_dir: str,
+    job_overrides: list[str],
+    sweeper_params: dict[str, Any],
+    all_overrides: str,
+    max_chars: int = 200,
+) -> str:
+    """A sweep job's name: its values of the swept keys, e.g. `model.dropout=0.1,seed=2`.
+
+    Swept keys are those of hydra.sweeper.params, and those given several values on the command line (as
+    the sweep's multirun.yaml records them; not every sweeper writes one). Without any, the name is
+    `all_overrides` (Hydra's override_dirname). Cut to `max_chars`: file names have a length limit, and
+    the job number in front keeps names unique.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = Path(sweep_dir) / "multirun.yaml"
+    recorded = yaml.safe_load(multirun.read_text()) if multirun.is_file() else None
+    command_line = ((recorded or {}).get("hydra") or {}).get("overrides", {}).get("task", [])
+    parsed = OverridesParser.create().parse_overrides(list(command_line))
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
+    named = sorted(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
+    return (",".join(named) if named else all_overrides)[:max_chars]
 
 
 def check_resumable(path: str, multirun: bool) -> Path:
@@ -65,6 +92,12 @@ def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
         f"hydra.searchpath=[file://{config_dir}]",
         "hydra/job_logging=tinytransformer",
     ]
+
+
+def checkpoint_to_continue(output_dir: Path) -> Path | None:
+    """The last.ckpt of a sweep job started again in its own run dir (SLURM requeued it), if it has one."""
+    last = Path(output_dir) / "checkpoints" / LAST
+    return last if last.is_file() else None
 
 
 def refuse_existing_run(run_dir: str) -> None:

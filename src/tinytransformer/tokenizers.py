@@ -29,7 +29,7 @@ class CharTokenizer:
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
         codepoints = np.array([ord(ch) for ch in self.chars], dtype=np.int64)
         # A dense codepoint -> id table makes encoding one vectorized lookup (>100 MB/s).
-        self._table = np.full(int(codepoints.max(initial=0)) + 1, -1, dtype=np.int64)
+        self._table = np.full(max(256, int(codepoints.max(initial=0)) + 1), -1, dtype=np.int64)
         self._table[codepoints] = np.arange(len(self.chars))
 
     @classmethod
@@ -46,17 +46,36 @@ class CharTokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Encode to an int64 array; unknown characters raise a UserError naming them."""
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        return self.encode_codepoints(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+
+    def encode_codepoints(self, codepoints: np.ndarray) -> np.ndarray:
+        """Ids of an array of Unicode code points: one vectorized table lookup."""
         ids = np.full(codepoints.shape, -1, dtype=np.int64)
         known = codepoints < len(self._table)
         ids[known] = self._table[codepoints[known]]
         if (ids < 0).any():
-            unknown = sorted({chr(c) for c in codepoints[ids < 0]})
-            raise UserError(
-                f"text contains {len(unknown)} character(s) outside the model's vocabulary: "
-                f"{''.join(unknown)[:40]!r}; use only characters the model was trained on"
-            )
+            self._raise_unknown({chr(c) for c in codepoints[ids < 0]})
         return ids
+
+    def encode_ascii(self, data: bytes) -> np.ndarray:
+        """Ids (uint8) of ASCII text given as bytes: `bytes.translate`, ~1 GB/s. Needs vocab_size < 255."""
+        translated = data.translate(self._byte_table)
+        if b"\xff" in translated:  # 255 marks bytes that are not in the vocabulary
+            self._raise_unknown({chr(b) for b in set(data) if self._byte_table[b] == 255})
+        return np.frombuffer(translated, dtype=np.uint8)
+
+    @property
+    def _byte_table(self) -> bytes:
+        if not hasattr(self, "_byte_table_cache"):
+            self._byte_table_cache = bytes(int(i) if 0 <= i < 255 else 255 for i in self._table[:256])
+        return self._byte_table_cache
+
+    @staticmethod
+    def _raise_unknown(unknown: set[str]) -> None:
+        raise UserError(
+            f"text contains {len(unknown)} character(s) outside the model's vocabulary: "
+            f"{''.join(sorted(unknown))[:40]!r}; use only characters the model was trained on"
+        )
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return "".join(self.chars[i] for i in ids)

@@ -12,12 +12,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from tinytransformer.callbacks import HParamsLogger, RunSummary, StepProgressBar
+from tinytransformer.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
+from tinytransformer.callbacks.processes import ProcessSetup
 from tinytransformer.callbacks.resume import LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.module import LanguageModel
+from tinytransformer.strategies import launch_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class _DropAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-for _name in ("lightning.pytorch", "lightning.fabric"):  # print once, through the run's own log handlers
+for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # print once, via the run's log handlers
     logging.getLogger(_name).handlers.clear()
 
 
@@ -66,26 +68,45 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, summary: RunSummary) -> l
     callbacks += [
         summary,
         HParamsLogger(flat_hparams(cfg)),
+        LearningRateLogger(),
         LastCheckpoint(output_dir / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(50, cfg.trainer.max_steps // 20))),
+        ProcessSetup(cfg.trainer.get("threads_per_process"), _job_logging()),
     ]
     return callbacks
+
+
+def _job_logging() -> dict | None:
+    """Hydra's logging config of this run (console + train.log), for the processes ddp_spawn starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return to_plain(HydraConfig.get().job_logging) if HydraConfig.initialized() else None
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     kwargs = to_plain(cfg.trainer)
     kwargs.pop("checkpoint_every_n_steps")
+    threads = kwargs.pop("threads_per_process", None)
+    if threads:
+        torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     if kwargs["accelerator"] in ("gpu", "cuda") or (
         kwargs["accelerator"] == "auto" and torch.cuda.is_available()
     ):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=str(output_dir),
         callbacks=callbacks,
         logger=loggers or False,
-        **kwargs,
+        **launch_settings(kwargs),
     )
+    world_size = trainer.num_devices * trainer.num_nodes
+    for summary in (c for c in callbacks if isinstance(c, RunSummary)):
+        summary.static.update(
+            world_size=world_size,
+            effective_batch_size=cfg.data.batch_size * trainer.accumulate_grad_batches * world_size,
+        )
+    return trainer
 
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
@@ -156,11 +177,34 @@ def format_summary(r: dict[str, Any], output_dir: Path) -> str:
             gap = 100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1)
             line += f"; entropy floor {r['entropy_floor_bpc']:.4f} bits/char (+{gap:.1f} %)"
         lines.append(line)
+        lines += overfitting_lines(r)
     lines.append(
         f"stopped: {r.get('stop_reason', 'unknown')} after {r.get('steps', 0)} steps"
         + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
     )
+    if r.get("world_size", 1) > 1:
+        world, batch = r["world_size"], r["effective_batch_size"]
+        lines.append(f"batch: {batch // world} windows per process x {world} processes = {batch} per step")
     if "best_ckpt_path" in r:
         lines.append(f"best checkpoint: {r['best_ckpt_path']}")
     lines.append(f"tensorboard --logdir {output_dir}")
     return "\n".join(lines)
+
+
+def overfitting_lines(r: dict[str, Any]) -> list[str]:
+    """Signs of overfitting: val loss rose after its best step; train text predicted below the entropy floor."""
+    lines = []
+    best, final = r["best_val_loss"], r.get("final_val_loss")
+    # More than 2 %: not the noise of a converged run's val loss.
+    if final is not None and r.get("steps", 0) > r["best_step"] and final - best > 0.02 * best:
+        line = f"val loss rose {final - best:.2f} after its best step {r['best_step']} ({best:.4f} -> {final:.4f})"
+        if "final_train_loss" in r:
+            line += f" while train loss fell to {r['final_train_loss']:.4f}"
+        lines.append(line + " (overfitting)")
+    floor, train_bpc = r.get("entropy_floor_bpc"), r.get("final_train_bpc")
+    if floor is not None and train_bpc is not None and train_bpc < floor:
+        lines.append(
+            f"train {train_bpc:.4f} bits/char is below the entropy floor, which no model reaches on unseen "
+            "text: the model memorized its training text"
+        )
+    return lines

@@ -1,4 +1,4 @@
-"""last.ckpt for resuming: written every N steps, at the end, and on SIGINT/SIGTERM before exiting."""
+"""last.ckpt for resuming: written every N steps, at the end, and on a stop signal before exiting."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from tinytransformer.runs import LAST
 
+# SIGUSR2: SLURM's notice before a time limit (submitit's --signal), after which submitit requeues the job.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
 
 class RunInterrupted(Exception):
-    """SIGINT/SIGTERM arrived: last.ckpt was saved and the run stops; resume it with `resume=<run dir>`."""
+    """A stop signal arrived: last.ckpt was saved and the run stops; resume it with `resume=<run dir>`."""
 
     def __init__(self, signal_name: str, step: int, path: Path):
         super().__init__(f"{signal_name}: saved {path} at step {step}")
@@ -28,11 +31,12 @@ class LastCheckpoint(Checkpoint):
     """Saves `<dirpath>/last.ckpt` where a resumed run can continue exactly: between two training steps.
 
     When a validation follows a step, the save waits for it, so the checkpoint holds its results (best
-    score, early-stopping count, summary) and a resumed run neither repeats nor skips it. SIGINT (Ctrl-C)
-    and SIGTERM (preemption, `kill`) do not kill the run: at the next such point last.ckpt is written and
-    RunInterrupted is raised. Writes are atomic (temporary file + rename): a SIGKILL mid-write keeps the
-    previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, so it saves their
-    updated state (ModelCheckpoint's included).
+    score, early-stopping count, summary) and a resumed run neither repeats nor skips it. SIGINT (Ctrl-C),
+    SIGTERM (preemption, `kill`) and SIGUSR2 (SLURM's time-limit notice) do not kill the run: at the next
+    such point last.ckpt is written and RunInterrupted is raised (the entry point then hands SIGUSR2 on to
+    submitit, which requeues the job). Writes are atomic (temporary file + rename): a SIGKILL mid-write
+    keeps the previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, so it saves
+    their updated state (ModelCheckpoint's included).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 500):
@@ -44,7 +48,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame) -> None:
@@ -87,7 +91,9 @@ class LastCheckpoint(Checkpoint):
         self._previous_handlers.clear()
 
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._saved_step == trainer.global_step and self.path.exists():
+        # Every rank must decide alike (saving is collective): only rank 0 may see the file on its disk.
+        written = self.path.exists() or trainer.world_size > 1
+        if self._saved_step == trainer.global_step and written:
             return
         pl_module.check_finite()  # never replace a good last.ckpt with NaN weights
         for logger in trainer.loggers:  # events up to the checkpoint survive a SIGKILL

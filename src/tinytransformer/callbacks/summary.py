@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
 from tinytransformer.runs import write_json_atomic
@@ -39,6 +40,10 @@ class RunSummary(L.Callback):
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
         self.state.pop("stop_reason", None)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if "startup_s" not in self.static and (started := process_start_time()) is not None:
+            self.static["startup_s"] = round(time.time() - started, 2)  # command -> first training step
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -48,6 +53,7 @@ class RunSummary(L.Callback):
         self.state.update(final_val_loss=val_loss, final_val_bpc=float(m["val/bpc"]), steps=step)
         if "train/loss_avg" in m:
             self.state["final_train_loss"] = float(m["train/loss_avg"])
+            self.state["final_train_bpc"] = float(m["train/bpc_avg"])
         if val_loss < self.state.get("best_val_loss", math.inf):
             self.state.update(best_val_loss=val_loss, best_val_bpc=float(m["val/bpc"]), best_step=step)
         self.write(trainer)
@@ -89,6 +95,19 @@ def stop_reason(trainer: L.Trainer) -> str:
             return "early_stopping"
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "max_steps"
-    if trainer.max_time is not None or any(type(c).__name__ == "Timer" for c in trainer.callbacks):
+    # trainer.max_time: Lightning adds a Timer, which stops the run once no time remains.
+    remaining = [c.time_remaining() for c in trainer.callbacks if isinstance(c, Timer)]
+    if any(r is not None and r <= 0 for r in remaining):
         return "max_time"
     return "unknown"
+
+
+def process_start_time() -> float | None:
+    """When this process started (seconds since the epoch), from /proc on Linux; None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path("/proc/stat").read_text().splitlines()
+        boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

@@ -1,0 +1,76 @@
+"""`make bench`: training speed (Trainer vs a plain loop), generation speed (KV cache) and data speed.
+
+The training figures print last, so the last line of `--quick` stays machine-readable:
+`trainer_vs_plain=<ratio> tokens_per_s=<n>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinytransformer.errors import UserError
+
+SUITES = ("data", "generation", "training")
+
+
+def benchmark_main() -> None:
+    """`python scripts/benchmark.py [--suite ...] [--preset cpu-small|gpu-shakespeare] [--quick] [--compile]`."""
+    from tinytransformer.benchmarks.training import PRESETS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+    parser.add_argument(
+        "--quick", action="store_true", help="in under a minute on 2 cores (fewer, shorter rounds)"
+    )
+    parser.add_argument("--compile", action="store_true", help="model.compile=true, on both training paths")
+    parser.add_argument("--rounds", type=int, help="training rounds per path (default 5, quick 3)")
+    parser.add_argument("--steps", type=int, help="timed steps per round (default 500, quick 40)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per round (default 20, quick 10)")
+    parser.add_argument(
+        "--data-mb", type=int, help="size of the data benchmark's text (default 1000, quick 50)"
+    )
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides of conf/train.yaml (training)")
+    args = parser.parse_args()
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    try:
+        for suite in suites:
+            print(_run_suite(suite, args), flush=True)
+    except UserError as err:
+        from tinytransformer.cli import fail
+
+        fail(str(err))
+
+
+def _run_suite(suite: str, args) -> str:
+    gpu = args.preset.startswith("gpu")
+    if suite == "data":
+        from tinytransformer.benchmarks.data import format_data_report, run_data_benchmark
+
+        return format_data_report(run_data_benchmark(args.data_mb or (50 if args.quick else 1000)))
+    if suite == "generation":
+        from tinytransformer.benchmarks.generation import (
+            SMALL_MODEL,
+            format_generation_report,
+            run_generation_benchmark,
+        )
+
+        # Quick: nanoGPT's CPU model at block 256 (recomputing the 6 x 384 model's context takes minutes).
+        model = {**SMALL_MODEL} if args.quick else None
+        result = run_generation_benchmark(
+            500, "cuda" if gpu else "cpu", model, repeats=1 if args.quick else 3
+        )
+        return format_generation_report(result)
+    from tinytransformer.benchmarks.training import format_report, preset_overrides, run_benchmark
+
+    rounds, steps, warmup = (3, 40, 10) if args.quick else (5, 500, 20)
+    overrides = [*preset_overrides(args.preset, args.compile), *args.overrides]
+    print(f"training: preset {args.preset}{' (quick)' if args.quick else ''}: {' '.join(overrides)}")
+    result = run_benchmark(
+        overrides,
+        args.rounds or rounds,
+        args.steps or steps,
+        args.warmup or warmup,
+        1024 if args.quick else 2048,
+    )
+    return format_report(result, None if args.overrides else args.preset)  # anchors: the preset's own config

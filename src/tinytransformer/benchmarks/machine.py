@@ -1,0 +1,104 @@
+"""Facts about the machine a benchmark runs on: what it is, its peak, and whether anything else is busy."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+QUIET_LIMIT = 0.1  # CPU-s per s used by other processes above which timings are not trusted
+GPU_PEAK_BF16 = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 SXM": 989e12}  # dense, datasheet
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def busy_jiffies(proc_stat: str) -> int:
+    """Busy clock ticks of all CPUs in /proc/stat's `cpu` line: user nice system irq softirq steal.
+
+    Idle and iowait are not busy; guest time is already inside user.
+    """
+    fields = [int(v) for v in proc_stat.splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def _descendants_cpu_s(pid: int) -> float:
+    """CPU seconds of live descendants (e.g. torch.compile workers), which getrusage does not see yet."""
+    total = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it exited meanwhile; getrusage(RUSAGE_CHILDREN) has it once reaped
+                continue
+            total += sum(int(v) for v in fields[11:15]) / HZ + _descendants_cpu_s(int(child))
+    return total
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall_s: float
+    busy_s: float  # all processes, all CPUs
+    own_s: float  # this process and its children
+
+    @staticmethod
+    def now() -> CpuSample:
+        own = sum(
+            sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        busy = busy_jiffies(Path("/proc/stat").read_text()) / HZ
+        return CpuSample(time.perf_counter(), busy, own + _descendants_cpu_s(os.getpid()))
+
+
+def other_cpu_per_s(before: CpuSample, after: CpuSample) -> float:
+    """CPU seconds per wall second that other processes used between two samples (>= 0)."""
+    other = (after.busy_s - before.busy_s) - (after.own_s - before.own_s)
+    return max(0.0, other / max(after.wall_s - before.wall_s, 1e-9))
+
+
+def describe_machine() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
+    text = (
+        f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    return text + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU")
+
+
+def matmul_peak(size: int, trials: int = 5) -> float:
+    """Best fp32 FLOP/s of square (size x size) matmuls on this CPU with torch's threads."""
+    a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+    torch.mm(a, b, out=out)  # warm-up
+    repeats = max(1, int(2e9 // (2 * size**3)))
+    best = math.inf
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b, out=out)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * size**3 / best
+
+
+def peak_flops(device: torch.device, matmul_size: int) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it comes from): measured on CPU, the datasheet's dense bf16 figure on GPU."""
+    if device.type != "cuda":
+        return matmul_peak(matmul_size), f"fp32 matmul {matmul_size}^3, best measured before/after the rounds"
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    return peak, "dense bf16, datasheet" if peak else f"unknown for {name}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quiet_line(other: float, wall: float) -> str:
+    """Whether other processes left the machine alone, said next to the figures."""
+    if other < QUIET_LIMIT:
+        return f"machine quiet: yes (other processes used {other:.2f} CPU-s per s over {wall:.0f} s)"
+    return f"NOT quiet: other processes used {other:.2f} CPU-s/s over {wall:.0f} s; figures unreliable"

@@ -1,0 +1,378 @@
+"""Training speed: our Trainer path against a plain PyTorch loop on the same work, interleaved in one process.
+
+Path (a) is what `scripts/train.py` runs: conf/train.yaml composed with overrides, then the package's own
+builders (callbacks, TensorBoard, progress bar). Path (b) is a bare loop over the same model, batches,
+optimizer, schedule and clipping. Rounds alternate a, b, a, b...; each times `steps` optimizer steps after
+`warmup` steps, and the medians over rounds are compared.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from tinytransformer.batches import RandomWindowBatches
+from tinytransformer.benchmarks.machine import (
+    QUIET_LIMIT,
+    CpuSample,
+    describe_machine,
+    matmul_peak,
+    other_cpu_per_s,
+    peak_flops,
+    quiet_line,
+    synchronize,
+)
+from tinytransformer.callbacks import RunSummary
+from tinytransformer.cli import CONFIG_DIR, ROOT, compose_config, project_env
+from tinytransformer.config import validate
+from tinytransformer.errors import UserError
+from tinytransformer.model import TinyTransformer
+from tinytransformer.optim import build_optimizer, warmup_cosine
+from tinytransformer.training import (
+    build_callbacks,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    run_facts,
+)
+
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# nanoGPT's configs (shakespeare_char), as a user would write them on the command line.
+_NANOGPT = "optimizer=adamw optimizer.lr=0.001 optimizer.weight_decay=0.1 optimizer.betas=[0.9,0.99] "
+_NANOGPT += (
+    "scheduler=cosine scheduler.warmup_steps=100 scheduler.min_lr_ratio=0.1 trainer.gradient_clip_val=1.0"
+)
+PRESETS = {
+    "cpu-small": "trainer=cpu model=small model.dropout=0.0 data.block_size=64 data.batch_size=12 "
+    "trainer.max_steps=2000 " + _NANOGPT,
+    "gpu-shakespeare": "trainer=gpu model=shakespeare model.dropout=0.2 data.block_size=256 data.batch_size=64 "
+    "trainer.max_steps=5000 " + _NANOGPT,
+}
+# nanoGPT's own train.py on the same config (/work/shared/bench/ANCHORS.md): (tokens/s, where measured).
+ANCHORS = {
+    ("cpu-small", False): (26.9e3, "2 vCPUs, torch 2.13 CPU, unfused AdamW"),
+    ("gpu-shakespeare", True): (1.95e6, "one H100, compiled"),
+    ("gpu-shakespeare", False): (1.67e6, "one H100, not compiled"),
+}
+
+
+def preset_overrides(preset: str, compile_model: bool = False) -> list[str]:
+    """The preset's overrides of conf/train.yaml: Tiny Shakespeare if present, else the built-in corpus."""
+    data = ["data=shakespeare", f"data.path={SHAKESPEARE}"] if SHAKESPEARE.is_file() else ["data=tiny_world"]
+    return [*data, *PRESETS[preset].split(), f"model.compile={str(compile_model).lower()}"]
+
+
+def non_embedding_params(model: TinyTransformer) -> int:
+    """Parameters that do matmul work per token: all but the token and position tables (the head counts)."""
+    return model.num_parameters() - model.token_emb.weight.numel() - model.pos_emb.weight.numel()
+
+
+def flops_per_token(model: TinyTransformer) -> int:
+    """Training FLOPs per token, nanoGPT/PaLM: 6 * non-embedding params + 12 * n_layers * d_model * T."""
+    c = model.config
+    return 6 * non_embedding_params(model) + 12 * c.n_layers * c.d_model * c.block_size
+
+
+# --- (a) the Trainer path, as train() builds it --------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    """One timed stretch of one path."""
+
+    seconds: float
+    last_loss: float  # after the last timed step
+    params: int
+    other_cpu_per_s: float = 0.0  # CPU-s per s that other processes used meanwhile
+
+
+class StepWindowTimer(L.Callback):
+    """Wall time of optimizer steps warmup+1 .. warmup+steps, then stops the fit.
+
+    Timed from the end of one step to the end of another, so every timed step includes the loop's own
+    per-step work (batch fetch, hooks, logging). Synchronizes the GPU only at the two ends.
+    """
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.segment: Segment | None = None
+        self._start = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            synchronize(pl_module.device)
+            self._start = time.perf_counter()
+        elif trainer.global_step == self.warmup + self.steps:
+            synchronize(pl_module.device)
+            seconds = time.perf_counter() - self._start
+            self.segment = Segment(seconds, float(outputs["loss"]), pl_module.model.num_parameters())
+            trainer.should_stop = True
+            trainer.stop_reason = "benchmark_window"  # how our own callbacks say why fit() returned
+
+
+def compose_trainer_config(overrides: list[str], output_dir: Path):
+    """conf/train.yaml + overrides, checked as train() checks it; outputs go to `output_dir`."""
+    project_env()
+    cfg = compose_config(
+        CONFIG_DIR, "train", [*overrides, f"paths.output_dir={output_dir}"], with_hydra=False
+    )
+    validate(cfg)
+    return cfg
+
+
+def benchmark_overrides(cfg, after_window: int) -> list[str]:
+    """What the benchmark changes in the user's config; none of it touches the timed steps."""
+    # Validation, sampling and periodic checkpoints come after the timed window (the fit stops there).
+    changes = [
+        f"trainer.val_check_interval={after_window}",
+        f"trainer.checkpoint_every_n_steps={after_window}",
+    ]
+    if "sample_generation" in (cfg.get("callbacks") or {}):
+        changes.append(f"callbacks.sample_generation.every_n_steps={after_window}")
+    return changes
+
+
+def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps: int) -> Segment:
+    """One fit() built as train() builds it, plus the timer; `dm` is set up once for all rounds."""
+    cfg = compose_trainer_config(overrides, output_dir)
+    output_dir.mkdir(parents=True)  # Hydra makes the run dir before train() runs
+    L.seed_everything(cfg.seed, verbose=False)
+    module = build_module(cfg, dm)
+    summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))
+    timer = StepWindowTimer(warmup, steps)
+    trainer = build_trainer(cfg, output_dir, [*build_callbacks(cfg, output_dir, summary), timer])
+    trainer.fit(module, datamodule=dm, weights_only=True)
+    if timer.segment is None:
+        raise RuntimeError(
+            f"the Trainer stopped at step {trainer.global_step}, before the timed window ended"
+        )
+    return timer.segment
+
+
+# --- (b) the plain loop --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlainRecipe:
+    """What the plain loop trains: the Trainer path's own resolved settings, as plain values."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    clip: float
+    seed: int
+    batch_size: int
+    bf16: bool
+    compile: bool
+    device: torch.device
+
+
+def plain_recipe(cfg, dm) -> PlainRecipe:
+    precision = str(cfg.trainer.precision)
+    if precision not in ("32-true", "32", "bf16-mixed"):
+        raise UserError(f"trainer.precision={precision}: the benchmark supports 32-true and bf16-mixed")
+    accelerator = cfg.trainer.accelerator
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if gpu and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU here; use --preset cpu-small")
+    hp = build_module(cfg, dm).hparams  # the module's own resolved settings (fused AdamW or not)
+    return PlainRecipe(
+        dict(hp.model), dict(hp.optimizer), dict(hp.scheduler), float(cfg.trainer.gradient_clip_val or 0),
+        cfg.seed, cfg.data.batch_size, precision == "bf16-mixed", bool(cfg.model.compile),
+        torch.device("cuda" if gpu else "cpu"),
+    )  # fmt: skip
+
+
+def plain_round(recipe: PlainRecipe, train_tokens: torch.Tensor, warmup: int, steps: int) -> Segment:
+    device, s = recipe.device, recipe.scheduler
+    torch.manual_seed(recipe.seed)
+    model = TinyTransformer(**recipe.model).to(device)
+    if recipe.compile:
+        model.compile()
+    optimizer = build_optimizer(model, **recipe.optimizer)
+    scheduler = None
+    if s["name"] == "cosine":
+        factor = warmup_cosine(s["warmup_steps"], s["total_steps"], s["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    tokens = train_tokens.to(device)
+    batches = iter(RandomWindowBatches(tokens, model.block_size, recipe.batch_size, recipe.seed))
+    model.train()
+    for step in range(1, warmup + steps + 1):
+        x, y = next(batches)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip, foreach=True)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if step == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+    synchronize(device)
+    return Segment(time.perf_counter() - start, loss.item(), model.num_parameters())
+
+
+# --- the benchmark -------------------------------------------------------------------------------------
+
+
+def _measured(run, *args) -> Segment:
+    before = CpuSample.now()
+    segment = run(*args)
+    segment.other_cpu_per_s = other_cpu_per_s(before, CpuSample.now())
+    return segment
+
+
+def run_benchmark(
+    overrides: list[str], rounds: int, steps: int, warmup: int, matmul_size: int = 2048
+) -> dict[str, Any]:
+    """Interleaved rounds of (a) the Trainer path and (b) the plain loop; medians of their tokens/s."""
+    if rounds < 1 or steps < 1 or warmup < 1:
+        raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
+    before = CpuSample.now()
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    with tempfile.TemporaryDirectory(prefix="tinytransformer-bench-") as tmp:
+        cfg = compose_trainer_config(overrides, Path(tmp))
+        overrides = [*overrides, *benchmark_overrides(cfg, warmup + steps + 1)]
+        cfg = compose_trainer_config(overrides, Path(tmp))
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        recipe = plain_recipe(cfg, dm)
+        peak, peak_source = peak_flops(recipe.device, matmul_size)
+        train_tokens = torch.from_numpy(dm.splits["train"].copy())
+        trainer, plain = [], []
+        lightning_log.setLevel(logging.WARNING)  # not "GPU available: ..." once per round
+        try:
+            for i in range(rounds):
+                trainer.append(
+                    _measured(trainer_round, overrides, Path(tmp) / f"round-{i}", dm, warmup, steps)
+                )
+                plain.append(_measured(plain_round, recipe, train_tokens, warmup, steps))
+        finally:
+            lightning_log.setLevel(level)
+    if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
+        peak = max(peak, matmul_peak(matmul_size))
+    after = CpuSample.now()
+    tokens_per_step = cfg.data.batch_size * cfg.data.block_size
+    trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
+    plain_tps = [tokens_per_step * steps / seg.seconds for seg in plain]
+    model = TinyTransformer(**recipe.model)
+    return {
+        "precision": cfg.trainer.precision,
+        "recipe": recipe,
+        "corpus": f"{dm.corpus.name} ({dm.corpus.source})",
+        "rounds": rounds,
+        "steps": steps,
+        "warmup": warmup,
+        "tokens_per_step": tokens_per_step,
+        "trainer_segments": trainer,
+        "plain_segments": plain,
+        "trainer_round_tokens_per_s": trainer_tps,
+        "plain_round_tokens_per_s": plain_tps,
+        "trainer_tokens_per_s": statistics.median(trainer_tps),
+        "plain_tokens_per_s": statistics.median(plain_tps),
+        "ratio": statistics.median(trainer_tps) / statistics.median(plain_tps),
+        "non_embedding_params": non_embedding_params(model),
+        "flops_per_token": flops_per_token(model),
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "machine": describe_machine(),
+        "wall_s": after.wall_s - before.wall_s,
+        "other_cpu_per_s": other_cpu_per_s(before, after),
+    }
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _setup_lines(r: dict[str, Any]) -> list[str]:
+    """What was measured: machine, data, model, optimizer, and how."""
+    recipe = r["recipe"]
+    m, o, s = recipe.model, recipe.optimizer, recipe.scheduler
+    schedule = "constant lr"
+    if s["name"] == "cosine":
+        schedule = f"cosine to step {s['total_steps']}, warm-up {s['warmup_steps']}, min_lr_ratio {s['min_lr_ratio']}"
+    return [
+        f"machine: {r['machine']}",
+        f"data: {r['corpus']}",
+        f"model: {m['n_layers']} layers, {m['n_heads']} heads, d_model {m['d_model']}, block {m['block_size']}, "
+        f"dropout {m['dropout']}, bias {m['bias']}, vocab {m['vocab_size']}; batch {recipe.batch_size} "
+        f"({r['tokens_per_step']:,} tokens/step); {r['precision']}{', compiled' if recipe.compile else ''}",
+        f"optimizer: {o['name']} (fused={o['fused']}) lr {o['lr']}, weight decay {o['weight_decay']}, "
+        f"betas {tuple(o['betas'])}; {schedule}; clip grad norm {recipe.clip}",
+        f"timing: {r['rounds']} rounds, interleaved (Trainer, plain, Trainer, ...); per round {r['steps']} steps "
+        f"timed after {r['warmup']} untimed warm-up steps",
+        "  (a) Trainer: conf/train.yaml + these overrides, training.py's builders, default callbacks, "
+        "TensorBoard, progress bar; validation, sampling and periodic checkpoints are set to come after "
+        "the timed steps, and the fit stops there (its final validation and last.ckpt are not timed)",
+        "  (b) plain loop: the same model, batches, AdamW, schedule and clipping; F.cross_entropy; no Lightning",
+    ]
+
+
+def format_report(r: dict[str, Any], preset: str | None) -> str:
+    """What the benchmark prints; the last line is machine-readable. Anchors are shown for a `preset`."""
+    lines = _setup_lines(r)
+    rows = zip(
+        r["trainer_segments"],
+        r["plain_segments"],
+        r["trainer_round_tokens_per_s"],
+        r["plain_round_tokens_per_s"],
+        strict=True,
+    )
+    for i, (a, b, ta, tb) in enumerate(rows, 1):
+        busy = [
+            f"{name} {seg.other_cpu_per_s:.2f}"
+            for name, seg in (("Trainer", a), ("plain", b))
+            if seg.other_cpu_per_s >= QUIET_LIMIT
+        ]
+        note = f"  <- other processes busy (CPU-s/s): {', '.join(busy)}" if busy else ""
+        lines.append(
+            f"round {i}: Trainer {ta:,.0f} tokens/s, plain {tb:,.0f} tokens/s, ratio {ta / tb:.3f}{note}"
+        )
+    a0, b0, m = r["trainer_segments"][0], r["plain_segments"][0], r["recipe"].model
+    lines += [
+        f"same work: {a0.params:,} vs {b0.params:,} params; loss after step {r['warmup'] + r['steps']} of round 1: "
+        f"Trainer {a0.last_loss:.4f}, plain {b0.last_loss:.4f}",
+        f"tokens/s (median): Trainer {r['trainer_tokens_per_s']:,.0f}; plain {r['plain_tokens_per_s']:,.0f}; "
+        f"Trainer/plain {r['ratio']:.3f}",
+        f"FLOPs per token: {r['flops_per_token'] / 1e6:.3f} M = 6 x {r['non_embedding_params']:,} non-embedding "
+        f"params + 12 x n_layers {m['n_layers']} x d_model {m['d_model']} x block {m['block_size']} "
+        "(attention; the nanoGPT/PaLM estimate)",
+    ]
+    achieved = {path: r[f"{path}_tokens_per_s"] * r["flops_per_token"] for path in ("trainer", "plain")}
+    line = f"achieved: Trainer {_si(achieved['trainer'], 'FLOP/s')}, plain {_si(achieved['plain'], 'FLOP/s')}"
+    if r["peak_flops"]:
+        trainer_share, plain_share = (100 * achieved[p] / r["peak_flops"] for p in ("trainer", "plain"))
+        line += f"; of peak {_si(r['peak_flops'], 'FLOP/s')} ({r['peak_source']}): "
+        lines.append(f"{line}Trainer {trainer_share:.1f} %, plain {plain_share:.1f} %")
+    else:
+        lines.append(f"{line}; peak: unknown ({r['peak_source']})")
+    if (preset, r["recipe"].compile) in ANCHORS:
+        tps, where = ANCHORS[preset, r["recipe"].compile]
+        lines.append(
+            f"nanoGPT anchor (ANCHORS.md): {_si(tps, 'tokens/s')} ({where}, Tiny Shakespeare); "
+            f"Trainer {r['trainer_tokens_per_s'] / tps:.2f}x, plain {r['plain_tokens_per_s'] / tps:.2f}x"
+        )
+    lines.append(quiet_line(r["other_cpu_per_s"], r["wall_s"]))
+    lines.append(f"trainer_vs_plain={r['ratio']:.4f} tokens_per_s={r['trainer_tokens_per_s']:.0f}")
+    return "\n".join(lines)

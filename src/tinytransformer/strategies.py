@@ -1,0 +1,119 @@
+"""The DDP strategy for how the run's processes start: spawned by fit(), re-run by Lightning, torchrun, SLURM.
+
+We start no processes ourselves. With `ddp_spawn`, fit() runs in new processes and the calling process only
+waits; Lightning sends back the weights, the best checkpoint path and the logged metrics, but not the
+callbacks' state, so the run's summary (best/final losses, stop reason, speed) would be lost. Our
+`SpawnDDPStrategy` sends that back too, hands Ctrl-C and SIGTERM on to the workers (which save last.ckpt and
+stop), and keeps the main process's idle callbacks from writing over what the workers wrote when they fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import signal
+import threading
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.trainer.call import (
+    _call_callbacks_load_state_dict,
+    _call_callbacks_state_dict,
+    _interrupt,
+)
+
+from tinytransformer.callbacks.resume import LastCheckpoint, RunInterrupted
+from tinytransformer.distributed import launcher_world
+
+
+def launch_settings(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`strategy`, `devices`, `num_nodes` and `plugins` of lightning.Trainer for how the processes start."""
+    kwargs = dict(trainer_kwargs)
+    strategy = kwargs.get("strategy", "auto")
+    world = launcher_world()
+    if world is not None:  # torchrun started the processes: DDP joins them, whatever the config said
+        kwargs["devices"], kwargs["num_nodes"] = world
+    slurm_tasks = _slurm_runs_the_ranks(kwargs)
+    if world is not None or slurm_tasks:
+        kwargs["strategy"] = "ddp" if strategy == "ddp_spawn" else strategy
+    elif strategy == "ddp_spawn":
+        kwargs["strategy"] = SpawnDDPStrategy()
+    if slurm_tasks:  # requeueing is submitit's (SIGUSR2 -> last.ckpt -> requeue), not Lightning's SIGUSR1
+        kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    return kwargs
+
+
+def _slurm_runs_the_ranks(kwargs: dict[str, Any]) -> bool:
+    """Whether SLURM started one task per rank (Lightning's rule: as many tasks as devices x nodes)."""
+    devices, nodes = kwargs.get("devices", 1), kwargs.get("num_nodes", 1)
+    if not SLURMEnvironment.detect() or not isinstance(devices, int) or devices < 1:
+        return False
+    return int(os.environ.get("SLURM_NTASKS", "1")) == devices * nodes
+
+
+class SpawnDDPStrategy(DDPStrategy):
+    """DDP in processes started by fit() (`trainer.strategy=ddp_spawn`): no re-run of the command line."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(start_method="spawn", **kwargs)
+
+    def _configure_launcher(self) -> None:
+        self._launcher = _CallbackStateLauncher(self, start_method="spawn")
+
+
+class _CallbackStateLauncher(_MultiProcessingLauncher):
+    def get_extra_results(self, trainer: L.Trainer) -> dict[str, Any]:
+        extra = super().get_extra_results(trainer)
+        buffer = io.BytesIO()
+        torch.save(_call_callbacks_state_dict(trainer), buffer)  # bytes: no shared-memory tensors
+        extra["callback_states_bytes"] = buffer.getvalue()
+        return extra
+
+    def update_main_process_results(self, trainer: L.Trainer, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        states = torch.load(io.BytesIO(extra["callback_states_bytes"]), weights_only=True)
+        _call_callbacks_load_state_dict(trainer, {"callbacks": states})
+
+    def launch(self, function, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
+        received: list[str] = []
+
+        def hand_on(signum: int, frame) -> None:
+            received.append(signal.Signals(signum).name)
+            for proc in self.procs:
+                if proc.is_alive() and proc.pid is not None:
+                    os.kill(proc.pid, signum)
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, hand_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if trainer is not None:
+            function = functools.partial(_report_errors, function, trainer)
+        try:
+            return super().launch(function, *args, trainer=trainer, **kwargs)
+        except Exception:
+            if trainer is None:
+                raise
+            last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+            trainer.callbacks = []  # the workers ran them (rank 0 wrote metrics.json); these saw nothing
+            if received and last is not None and last.path.exists():
+                step = torch.load(last.path, map_location="cpu", mmap=True, weights_only=True)["global_step"]
+                raise RunInterrupted(received[0], step, last.path) from None
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> Any:
+    """Run `function` in a worker; on an error, call the callbacks' on_exception there, as one process would
+    (Lightning does so only in the main process, whose callbacks saw none of the run)."""
+    try:
+        return function(*args, **kwargs)
+    except BaseException as exception:
+        _interrupt(trainer, exception)
+        raise

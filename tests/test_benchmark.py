@@ -1,0 +1,91 @@
+import pytest
+
+from tinytransformer import tiny_world
+from tinytransformer.benchmarks.data import write_big_text
+from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
+from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
+from tinytransformer.benchmarks.training import (
+    benchmark_overrides,
+    compose_trainer_config,
+    flops_per_token,
+    non_embedding_params,
+    preset_overrides,
+    run_benchmark,
+)
+from tinytransformer.model import TinyTransformer
+
+
+def test_flops_per_token_of_nanogpts_cpu_config_is_six_per_weight_plus_attention():
+    model = TinyTransformer(vocab_size=65, d_model=128, n_heads=4, n_layers=4, block_size=64, bias=False)
+    # Per block: 12 d^2 weights (qkv 3d^2, proj d^2, MLP 8d^2) + two LayerNorms; final LayerNorm; head 65 x d.
+    assert non_embedding_params(model) == 4 * (12 * 128**2 + 2 * 128) + 128 + 65 * 128 == 795_904
+    # nanoGPT's figure for this config (ANCHORS.md): 5.17 M.
+    assert flops_per_token(model) == 6 * 795_904 + 12 * 4 * 128 * 64 == 5_168_640
+
+
+def test_busy_time_counts_user_nice_system_irq_softirq_steal_but_not_idle_or_iowait():
+    stat = "cpu  100 5 20 1000 50 3 2 7 9 0\ncpu0 50 2 10 500 25 1 1 3 4 0\nintr 12345\n"
+    assert busy_jiffies(stat) == 100 + 5 + 20 + 3 + 2 + 7
+
+
+def test_other_processes_load_is_busy_time_not_ours_per_wall_second():
+    before = CpuSample(wall_s=10.0, busy_s=100.0, own_s=40.0)
+    after = CpuSample(wall_s=20.0, busy_s=121.0, own_s=59.0)  # 21 CPU-s busy, 19 of them ours
+    assert other_cpu_per_s(before, after) == pytest.approx(0.2)
+    # Tick-based and exact accounting differ slightly: a quiet machine reads 0, never below.
+    assert other_cpu_per_s(before, CpuSample(wall_s=20.0, busy_s=118.0, own_s=59.0)) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "data", "total_steps", "precision"),
+    [
+        ("cpu-small", (4, 4, 128, 0.0, False), (64, 12), 2000, "32-true"),
+        ("gpu-shakespeare", (6, 6, 384, 0.2, False), (256, 64), 5000, "bf16-mixed"),
+    ],
+)
+def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, total_steps, precision):
+    cfg = compose_trainer_config(preset_overrides(preset), tmp_path)
+    m, o, s = cfg.model, cfg.optimizer, cfg.scheduler
+    assert (m.n_layers, m.n_heads, m.d_model, m.dropout, m.bias) == model
+    assert (cfg.data.block_size, cfg.data.batch_size) == data
+    assert (o.name, o.lr, o.weight_decay, list(o.betas)) == ("adamw", 0.001, 0.1, [0.9, 0.99])
+    assert (s.name, s.warmup_steps, s.total_steps, s.min_lr_ratio) == ("cosine", 100, total_steps, 0.1)
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.precision) == (1.0, precision)
+
+
+def test_validation_sampling_and_checkpoints_come_after_the_timed_steps(tmp_path):
+    cfg = compose_trainer_config(["data=shakespeare"], tmp_path)
+    changed = compose_trainer_config(
+        ["data=shakespeare", *benchmark_overrides(cfg, after_window=51)], tmp_path
+    )
+    assert changed.trainer.val_check_interval == changed.trainer.checkpoint_every_n_steps == 51
+    assert changed.callbacks.sample_generation.every_n_steps == 51
+
+
+def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
+    overrides = ["model=tiny", "data.num_chars=20000", "data.block_size=32", "data.batch_size=8"]
+    result = run_benchmark(
+        [*overrides, "data.max_eval_chars=2000"], rounds=2, steps=5, warmup=2, matmul_size=64
+    )
+    assert result["trainer_tokens_per_s"] > 0 and result["plain_tokens_per_s"] > 0
+    assert result["ratio"] == result["trainer_tokens_per_s"] / result["plain_tokens_per_s"]
+    assert len(result["trainer_round_tokens_per_s"]) == len(result["plain_round_tokens_per_s"]) == 2
+    trainer, plain = result["trainer_segments"][0], result["plain_segments"][0]
+    assert trainer.params == plain.params
+    # Same initial weights, batches, optimizer, schedule and clipping: the same loss after 7 steps.
+    assert trainer.last_loss == pytest.approx(plain.last_loss, rel=1e-5)
+
+
+def test_generation_benchmark_compares_cache_and_recompute_on_identical_output():
+    small = {"vocab_size": 11, "d_model": 32, "n_heads": 2, "n_layers": 1, "block_size": 16}
+    result = run_generation_benchmark(new_tokens=40, model_kwargs=small, repeats=1)
+    assert result["identical"] is True
+    assert set(result["seconds"]) == {"cached", "uncached", "recompute"}
+    assert all(s > 0 for s in result["seconds"].values())
+    assert "cache speed-up" in format_generation_report(result)
+
+
+def test_big_text_writer_makes_a_file_of_the_asked_size(tmp_path):
+    size = write_big_text(tmp_path / "big.txt", megabytes=3)
+    assert 2_000_000 < size <= 3_000_000 + (1 << 20)
+    assert (tmp_path / "big.txt").read_text().split(". ")[0] + "." in tiny_world.enumerate_sentences()

@@ -1,0 +1,78 @@
+"""Every regularization knob and stopping rule does what its key says, in a real training run."""
+
+import json
+
+import pytest
+import torch
+from tests.conftest import TINY_RUN, compose_train
+
+from tinytransformer.compare import read_scalars
+from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.generation import generate
+from tinytransformer.model import TinyTransformer
+from tinytransformer.training import train
+
+QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=none", "test=false"]
+
+
+@pytest.mark.parametrize(("clip", "fraction"), [(1e-6, 1.0), (0, 0.0)], ids=["every step", "off"])
+def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path, clip, fraction):
+    train(compose_train([*QUICK, f"trainer.gradient_clip_val={clip}"], tmp_path), tmp_path)
+    assert [v for _, v in read_scalars(tmp_path, "train/clip_fraction")] == [fraction, fraction]
+    assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
+
+
+def datamodule(**augment: float) -> TextDataModule:
+    probs = {"mask_prob": 0.0, "substitute_prob": 0.0} | augment
+    dm = TextDataModule(DataConfig(num_chars=6000, block_size=16, batch_size=8, augment=probs), seed=5)
+    dm.setup()
+    return dm
+
+
+def test_augmentation_changes_training_inputs_only_never_targets_val_or_test():
+    plain, noisy = datamodule(), datamodule(mask_prob=0.2, substitute_prob=0.1)
+    # The mask character sorts after every character of the text, so all other ids are the same.
+    assert noisy.tokenizer.chars[:-1] == plain.tokenizer.chars
+    (x, y), (xa, ya) = plain.train_dataloader().batch(3), noisy.train_dataloader().batch(3)
+    assert torch.equal(y, ya) and not torch.equal(x, xa)
+    assert (xa == noisy.tokenizer.mask_id).any()
+    assert torch.equal(xa, noisy.train_dataloader().batch(3)[0])  # the same noise for the same step
+    for loader in ("val_dataloader", "test_dataloader"):
+        pairs = zip(getattr(plain, loader)(), getattr(noisy, loader)(), strict=True)
+        for (x, y), (xa, ya) in pairs:
+            assert torch.equal(x, xa) and torch.equal(y, ya)
+
+
+def test_stop_at_quality_ends_training_once_samples_reach_it(tmp_path):
+    # On the seed's two sentences, every sampled word is a training word after a few dozen steps.
+    overrides = [
+        "experiment=overfit_seed",
+        "callbacks.early_stopping=null",
+        "callbacks.sample_generation.every_n_steps=10",
+        "callbacks.sample_generation.stop_at_quality=1.0",
+    ]
+    results = train(compose_train(overrides, tmp_path), tmp_path)
+    assert results["stop_reason"] == "sample_quality"
+    assert results["steps"] < 400
+    shares = read_scalars(tmp_path, "sample/word_share")
+    assert shares[-1] == (results["steps"], 1.0)
+    assert all(share < 1.0 for _, share in shares[:-1])
+
+
+def test_max_time_stops_the_run_and_says_so(tmp_path):
+    overrides = [*QUICK, "trainer.max_steps=100000", "trainer.max_time='00:00:00:02'"]
+    results = train(compose_train(overrides, tmp_path), tmp_path)
+    assert results["stop_reason"] == "max_time"
+    assert 0 < results["steps"] < 100000
+    assert json.loads((tmp_path / "metrics.json").read_text())["stop_reason"] == "max_time"
+
+
+def test_generation_turns_dropout_off():
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab_size=11, d_model=32, n_heads=4, n_layers=2, block_size=16, dropout=0.5)
+    prompt = torch.tensor([[1, 2, 3]])
+    model.train()
+    assert not torch.equal(model(prompt), model(prompt))  # dropout is on in training mode
+    first, second = (generate(model, prompt, 20, temperature=0) for _ in range(2))
+    assert torch.equal(first, second)
+    assert torch.equal(first, generate(model.eval(), prompt, 20, temperature=0))
