@@ -61,7 +61,8 @@ def _run_suite(suite: str, args) -> str:
             500, "cuda" if gpu else "cpu", model, repeats=1 if args.quick else 3
         )
         return format_generation_report(result)
-    from tinytransformer.benchmarks.training import format_report, preset_overrides, run_benchmark
+    from tinytransformer.benchmarks.report import format_report
+    from tinytransformer.benchmarks.training import preset_overrides, run_benchmark
 
     rounds, steps, warmup = (3, 40, 10) if args.quick else (5, 500, 20)
     overrides = [*preset_overrides(args.preset, args.compile), *args.overrides]

@@ -88,11 +88,8 @@ def stop_reason(trainer: L.Trainer) -> str:
         return trainer.stop_reason  # set by our own callbacks (sample quality, signals, non-finite loss)
     if trainer.interrupted:
         return "interrupted"
-    for callback in trainer.callbacks:
-        if (isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0) or (
-            isinstance(callback, EarlyStopping) and callback.wait_count >= callback.patience
-        ):
-            return "early_stopping"
+    if any(isinstance(c, EarlyStopping) and c.wait_count >= c.patience for c in trainer.callbacks):
+        return "early_stopping"
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "max_steps"
     # trainer.max_time: Lightning adds a Timer, which stops the run once no time remains.

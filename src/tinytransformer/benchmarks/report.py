@@ -1,0 +1,94 @@
+"""The training benchmark's printout: what was measured, per-round figures, medians, FLOPs, anchors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinytransformer.benchmarks.machine import QUIET_LIMIT, quiet_line
+
+# nanoGPT's own train.py on the same config (/work/shared/bench/ANCHORS.md): (tokens/s, where measured).
+ANCHORS = {
+    ("cpu-small", False): (26.9e3, "2 vCPUs, torch 2.13 CPU, unfused AdamW"),
+    ("gpu-shakespeare", True): (1.95e6, "one H100, compiled"),
+    ("gpu-shakespeare", False): (1.67e6, "one H100, not compiled"),
+}
+
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _setup_lines(r: dict[str, Any]) -> list[str]:
+    """What was measured: machine, data, model, optimizer, and how."""
+    recipe = r["recipe"]
+    m, o, s = recipe.model, recipe.optimizer, recipe.scheduler
+    schedule = "constant lr"
+    if s["name"] == "cosine":
+        schedule = f"cosine to step {s['total_steps']}, warm-up {s['warmup_steps']}, min_lr_ratio {s['min_lr_ratio']}"
+    return [
+        f"machine: {r['machine']}",
+        f"data: {r['corpus']}",
+        f"model: {m['n_layers']} layers, {m['n_heads']} heads, d_model {m['d_model']}, block {m['block_size']}, "
+        f"dropout {m['dropout']}, bias {m['bias']}, vocab {m['vocab_size']}; batch {recipe.batch_size} "
+        f"({r['tokens_per_step']:,} tokens/step); {r['precision']}{', compiled' if recipe.compile else ''}",
+        f"optimizer: {o['name']} (fused={o['fused']}) lr {o['lr']}, weight decay {o['weight_decay']}, "
+        f"betas {tuple(o['betas'])}; {schedule}; clip grad norm {recipe.clip}",
+        f"timing: {r['rounds']} rounds, interleaved (Trainer, plain, Trainer, ...); per round {r['steps']} steps "
+        f"timed after {r['warmup']} untimed warm-up steps",
+        "  (a) Trainer: conf/train.yaml + these overrides, training.py's builders, default callbacks, "
+        "TensorBoard, progress bar; validation, sampling and periodic checkpoints are set to come after "
+        "the timed steps, and the fit stops there (its final validation and last.ckpt are not timed)",
+        "  (b) plain loop: the same model, batches, AdamW, schedule and clipping; F.cross_entropy; no Lightning",
+    ]
+
+
+def format_report(r: dict[str, Any], preset: str | None) -> str:
+    """What the benchmark prints; the last line is machine-readable. Anchors are shown for a `preset`."""
+    lines = _setup_lines(r)
+    rows = zip(
+        r["trainer_segments"],
+        r["plain_segments"],
+        r["trainer_round_tokens_per_s"],
+        r["plain_round_tokens_per_s"],
+        strict=True,
+    )
+    for i, (a, b, ta, tb) in enumerate(rows, 1):
+        busy = [
+            f"{name} {seg.other_cpu_per_s:.2f}"
+            for name, seg in (("Trainer", a), ("plain", b))
+            if seg.other_cpu_per_s >= QUIET_LIMIT
+        ]
+        note = f"  <- other processes busy (CPU-s/s): {', '.join(busy)}" if busy else ""
+        lines.append(
+            f"round {i}: Trainer {ta:,.0f} tokens/s, plain {tb:,.0f} tokens/s, ratio {ta / tb:.3f}{note}"
+        )
+    a0, b0, m = r["trainer_segments"][0], r["plain_segments"][0], r["recipe"].model
+    lines += [
+        f"same work: {a0.params:,} vs {b0.params:,} params; loss after step {r['warmup'] + r['steps']} of round 1: "
+        f"Trainer {a0.last_loss:.4f}, plain {b0.last_loss:.4f}",
+        f"tokens/s (median): Trainer {r['trainer_tokens_per_s']:,.0f}; plain {r['plain_tokens_per_s']:,.0f}; "
+        f"Trainer/plain {r['ratio']:.3f}",
+        f"FLOPs per token: {r['flops_per_token'] / 1e6:.3f} M = 6 x {r['non_embedding_params']:,} non-embedding "
+        f"params + 12 x n_layers {m['n_layers']} x d_model {m['d_model']} x block {m['block_size']} "
+        "(attention; the nanoGPT/PaLM estimate)",
+    ]
+    achieved = {path: r[f"{path}_tokens_per_s"] * r["flops_per_token"] for path in ("trainer", "plain")}
+    line = f"achieved: Trainer {_si(achieved['trainer'], 'FLOP/s')}, plain {_si(achieved['plain'], 'FLOP/s')}"
+    if r["peak_flops"]:
+        trainer_share, plain_share = (100 * achieved[p] / r["peak_flops"] for p in ("trainer", "plain"))
+        line += f"; of peak {_si(r['peak_flops'], 'FLOP/s')} ({r['peak_source']}): "
+        lines.append(f"{line}Trainer {trainer_share:.1f} %, plain {plain_share:.1f} %")
+    else:
+        lines.append(f"{line}; peak: unknown ({r['peak_source']})")
+    if (preset, r["recipe"].compile) in ANCHORS:
+        tps, where = ANCHORS[preset, r["recipe"].compile]
+        lines.append(
+            f"nanoGPT anchor (ANCHORS.md): {_si(tps, 'tokens/s')} ({where}, Tiny Shakespeare); "
+            f"Trainer {r['trainer_tokens_per_s'] / tps:.2f}x, plain {r['plain_tokens_per_s'] / tps:.2f}x"
+        )
+    lines.append(quiet_line(r["other_cpu_per_s"], r["wall_s"]))
+    lines.append(f"trainer_vs_plain={r['ratio']:.4f} tokens_per_s={r['trainer_tokens_per_s']:.0f}")
+    return "\n".join(lines)
