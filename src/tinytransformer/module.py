@@ -93,8 +93,14 @@ class LanguageModel(L.LightningModule):
         self._train_loss_steps += 1
         chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
         self._train_bpc_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
-        self.log("train/loss", loss, prog_bar=True)
+        if self._logging_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes this step's logs: `self.log` has a real per-call cost (~50 us of Python),
+        so step metrics are logged only on the steps that are written (every trainer.log_every_n_steps)."""
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any training loss since the start was NaN or infinite (syncs once)."""
@@ -110,8 +116,9 @@ class LanguageModel(L.LightningModule):
         clipped = (norm > max_norm).float()
         self._clipped_steps += clipped
         self._optimizer_steps += 1
-        self.log("train/grad_norm", norm)
-        self.log("train/clipped", clipped)
+        if self._logging_step():
+            self.log("train/grad_norm", norm)
+            self.log("train/clipped", clipped)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -126,13 +133,13 @@ class LanguageModel(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
         self.log("val/loss_best", self.val_loss_best.compute())
         if self._train_loss_steps > 0:
-            self.log("train/loss_avg", self._train_loss_sum / self._train_loss_steps)
-            self.log("train/bpc_avg", self._train_bpc_sum / self._train_loss_steps)
+            self.log("train/loss_avg", self._train_loss_sum / self._train_loss_steps, sync_dist=True)
+            self.log("train/bpc_avg", self._train_bpc_sum / self._train_loss_steps, sync_dist=True)
             self._train_loss_sum.zero_()
             self._train_bpc_sum.zero_()
             self._train_loss_steps.zero_()
         if self._optimizer_steps > 0:  # share of the steps since the last validation that were clipped
-            self.log("train/clip_fraction", self._clipped_steps / self._optimizer_steps)
+            self.log("train/clip_fraction", self._clipped_steps / self._optimizer_steps, sync_dist=True)
             self._clipped_steps.zero_()
             self._optimizer_steps.zero_()
 
