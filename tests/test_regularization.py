@@ -7,7 +7,9 @@ import torch
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.compare import read_scalars
+from tinytransformer.config import validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.errors import UserError
 from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer
 from tinytransformer.training import train
@@ -55,6 +57,7 @@ def test_stop_at_quality_ends_training_once_samples_reach_it(tmp_path):
     assert results["stop_reason"] == "sample_quality"
     assert results["steps"] < 400
     shares = read_scalars(tmp_path, "sample/word_share")
+    assert len(shares) >= 2  # scored more than once: the stop waited for the threshold
     assert shares[-1] == (results["steps"], 1.0)
     assert all(share < 1.0 for _, share in shares[:-1])
 
@@ -65,6 +68,11 @@ def test_max_time_stops_the_run_and_says_so(tmp_path):
     assert results["stop_reason"] == "max_time"
     assert 0 < results["steps"] < 100000
     assert json.loads((tmp_path / "metrics.json").read_text())["stop_reason"] == "max_time"
+
+
+def test_a_max_time_that_is_not_dd_hh_mm_ss_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match=r"trainer.max_time='90min' is not allowed: .* DD:HH:MM:SS"):
+        validate(compose_train(["trainer.max_time=90min"], tmp_path))
 
 
 def test_generation_turns_dropout_off():

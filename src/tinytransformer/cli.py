@@ -149,6 +149,7 @@ def train_main() -> None:
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
             cfg = preflight(config_dir, config_name, overrides + extra, multirun)
+            multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a sweep set by a config
             distributed.check_launch(cfg, multirun)
             if not multirun and not resume and distributed.is_rank_zero():
                 runs.refuse_existing_run(cfg.hydra.run.dir)

@@ -7,6 +7,7 @@ composes but makes no sense (`trainer.max_steps=abc`, `model.dropout=1.5`, heads
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,12 @@ OPTIONAL_CHECKS: list[Check] = [
     ("callbacks.early_stopping.min_delta", _NUM, lambda v: v >= 0, "a number >= 0"),
     ("callbacks.sample_generation.every_n_steps", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     ("callbacks.sample_generation.stop_at_quality", _NUM, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    (
+        "trainer.max_time",
+        (str,),
+        lambda v: re.fullmatch(r"\d+:\d\d:\d\d:\d\d", v) is not None,
+        "a time budget DD:HH:MM:SS (e.g. 00:01:30:00 for 90 minutes) or null",
+    ),
 ]
 
 
