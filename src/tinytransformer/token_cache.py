@@ -131,7 +131,8 @@ def cached_char_tokens(
     )
     if not tokens_file.exists():
         _write_tokens(path, encoding, key, tokenizer, tokens_file, num_chars, dtype)
-    tokens = np.memmap(tokens_file, dtype=dtype, mode="r", shape=(num_chars,))
+    # Copy-on-write: torch wants a writable array; nothing writes to it, so no page is ever copied.
+    tokens = np.memmap(tokens_file, dtype=dtype, mode="c", shape=(num_chars,))
     first = _as_codepoints(next(codepoint_chunks(path, encoding, key)))[:SAMPLE_CHARS]
     return tokens, tokenizer, first.astype(np.uint32).tobytes().decode("utf-32-le")
 

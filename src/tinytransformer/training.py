@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class _DropAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # print once, via the run's log handlers
     logging.getLogger(_name).handlers.clear()
+# Lightning 2.6 calls a torch API that torch 2.13 deprecates, once per run: not the user's concern.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> TextDataModule:
