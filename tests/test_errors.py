@@ -102,6 +102,14 @@ def test_resume_of_a_dir_that_is_not_a_run_is_refused(workspace):
     assert_one_line_error(run_cli("train.py", f"resume={root / 'nope'}"), "resume=", "not a run dir")
 
 
+@pytest.mark.parametrize("override", ["optimizer.lr=0.1", "model.d_model=64", "data.block_size=16"])
+def test_resume_refuses_changes_the_checkpoint_would_ignore_or_reject(workspace, override):
+    root, run_dir, _ = workspace
+    before = snapshot(root)
+    assert_one_line_error(run_cli("train.py", f"resume={run_dir}", override), override, "start a new run")
+    assert snapshot(root) == before
+
+
 def test_a_new_run_never_writes_into_an_existing_run_dir(workspace):
     root, run_dir, _ = workspace
     before = snapshot(root)

@@ -71,10 +71,20 @@ def check_resumable(path: str, multirun: bool) -> Path:
     return run_dir
 
 
+# What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are
+# restored from it, so a new value for these keys would be silently ignored or fail to load.
+FIXED_BY_CHECKPOINT = ("model.", "optimizer.", "data.block_size", "data.tokenizer")
+
+
 def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
     """A resumed run uses its saved config: keys can change, config groups cannot be picked again."""
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith(FIXED_BY_CHECKPOINT):
+            raise UserError(
+                f"{override}: a resumed run restores the model and optimizer state from its checkpoint, so "
+                f"{key} cannot change; start a new run to try another value"
+            )
         if "." not in key and (config_dir / key).is_dir():
             raise UserError(
                 f"{override}: a resumed run keeps its saved config, so config groups cannot be chosen again; "
