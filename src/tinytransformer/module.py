@@ -58,6 +58,7 @@ class LanguageModel(L.LightningModule):
             # In-place compile keeps parameter names (no `_orig_mod.`), so checkpoints load either way.
             self.model.compile()
         self.val_metrics = LanguageModelMetrics(token_char_lengths)
+        self._one_char_per_token = all(length == 1 for length in token_char_lengths)
         self.test_metrics = LanguageModelMetrics(token_char_lengths)
         self.val_loss_best = MinMetric()
         self.val_loss_best.persistent(True)  # resumed runs keep their best
@@ -91,8 +92,11 @@ class LanguageModel(L.LightningModule):
         self._first_nonfinite_step.masked_fill_(bad, self.global_step + 1)
         self._train_loss_sum += loss.detach()
         self._train_loss_steps += 1
-        chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
-        self._train_bpc_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
+        if self._one_char_per_token:  # char tokenizer: bits/char is the loss in bits, no gather per step
+            self._train_bpc_sum += loss.detach() / math.log(2)
+        else:
+            chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
+            self._train_bpc_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True)
         return loss
