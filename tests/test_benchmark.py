@@ -1,9 +1,12 @@
+import statistics
+
 import pytest
 
 from tinytransformer import tiny_world
 from tinytransformer.benchmarks.data import write_big_text
 from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
 from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
+from tinytransformer.benchmarks.report import format_report
 from tinytransformer.benchmarks.training import (
     benchmark_overrides,
     compose_trainer_config,
@@ -13,6 +16,7 @@ from tinytransformer.benchmarks.training import (
     run_benchmark,
 )
 from tinytransformer.model import TinyTransformer
+from tinytransformer.training import auto_precision
 
 
 def test_flops_per_token_of_nanogpts_cpu_config_is_six_per_weight_plus_attention():
@@ -37,20 +41,21 @@ def test_other_processes_load_is_busy_time_not_ours_per_wall_second():
 
 
 @pytest.mark.parametrize(
-    ("preset", "model", "data", "total_steps", "precision"),
+    ("preset", "model", "data", "total_steps", "accelerator"),
     [
-        ("cpu-small", (4, 4, 128, 0.0, False), (64, 12), 2000, "32-true"),
-        ("gpu-shakespeare", (6, 6, 384, 0.2, False), (256, 64), 5000, "bf16-mixed"),
+        ("cpu-small", (4, 4, 128, 0.0, False), (64, 12), 2000, "cpu"),
+        ("gpu-shakespeare", (6, 6, 384, 0.2, False), (256, 64), 5000, "gpu"),
     ],
 )
-def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, total_steps, precision):
+def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, total_steps, accelerator):
     cfg = compose_trainer_config(preset_overrides(preset), tmp_path)
     m, o, s = cfg.model, cfg.optimizer, cfg.scheduler
     assert (m.n_layers, m.n_heads, m.d_model, m.dropout, m.bias) == model
     assert (cfg.data.block_size, cfg.data.batch_size) == data
     assert (o.name, o.lr, o.weight_decay, list(o.betas)) == ("adamw", 0.001, 0.1, [0.9, 0.99])
     assert (s.name, s.warmup_steps, s.total_steps, s.min_lr_ratio) == ("cosine", 100, total_steps, 0.1)
-    assert (cfg.trainer.gradient_clip_val, cfg.trainer.precision) == (1.0, precision)
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.accelerator) == (1.0, accelerator)
+    assert cfg.trainer.precision == auto_precision(accelerator)  # our default, resolved for this machine
 
 
 def test_validation_sampling_and_checkpoints_come_after_the_timed_steps(tmp_path):
@@ -68,8 +73,19 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
         [*overrides, "data.max_eval_chars=2000"], rounds=2, steps=5, warmup=2, matmul_size=64
     )
     assert result["trainer_tokens_per_s"] > 0 and result["plain_tokens_per_s"] > 0
-    assert result["ratio"] == result["trainer_tokens_per_s"] / result["plain_tokens_per_s"]
+    rounds = zip(result["trainer_round_tokens_per_s"], result["plain_round_tokens_per_s"], strict=True)
+    assert result["ratio"] == pytest.approx(statistics.median(a / b for a, b in rounds))
     assert len(result["trainer_round_tokens_per_s"]) == len(result["plain_round_tokens_per_s"]) == 2
+    report = format_report(result, "cpu-small").splitlines()
+    assert (
+        report[-1]
+        == f"trainer_vs_plain={result['ratio']:.4f} tokens_per_s={result['trainer_tokens_per_s']:.0f}"
+    )
+    scaled = next(line for line in report if "scaled to this machine" in line)
+    assert (
+        f"Trainer {result['trainer_tokens_per_s'] / (26.9e3 * result['fp32_matmul_peak'] / 377e9):.2f}x"
+        in scaled
+    )
     trainer, plain = result["trainer_segments"][0], result["plain_segments"][0]
     assert trainer.params == plain.params
     # Same initial weights, batches, optimizer, schedule and clipping: the same loss after 7 steps.

@@ -58,6 +58,7 @@ TRAIN_CASES = {
     "val fraction 1.5": (["data.val_fraction=1.5"], ["data.val_fraction=1.5", "(0, 1)"]),
     "heads not dividing": (["model.n_heads=3"], ["model.n_heads=3", "model.d_model=128"]),
     "block size 0": (["data.block_size=0"], ["data.block_size=0", ">= 1"]),
+    "unknown precision": (["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed", "auto"]),
     "unknown preset": (["model=huge"], ["model=huge", "available: default, shakespeare, small, tiny"]),
     "bad syntax": (["model.dropout=[0.1"], ["override"]),
 }

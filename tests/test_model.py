@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tinytransformer.generation import filter_logits, generate
-from tinytransformer.model import TinyTransformer
+from tinytransformer.model import TinyTransformer, attend
 
 
 def make_model(**kwargs) -> TinyTransformer:
@@ -105,3 +106,23 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     kept = filter_logits(probs.log(), top_p=0.75).isfinite()
     assert kept.tolist() == [[True, True, False, False]]
     assert filter_logits(probs.log(), top_p=0.4).isfinite().tolist() == [[True, False, False, False]]
+
+
+def test_under_cpu_bf16_autocast_attention_runs_in_fp32_and_logits_stay_close():
+    # CPU flash attention is ~10x slower in bf16 than fp32: under autocast, attend() upcasts q, k, v.
+    model = make_model()
+    idx = torch.randint(11, (2, 16))
+    q, k, v = (torch.randn(2, 4, 16, 8).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, 0.0, True)
+        logits = model(idx)
+    assert y.dtype == torch.float32
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(y, expected)
+    assert logits.dtype == torch.bfloat16  # the head's matmul did run in bf16
+    torch.testing.assert_close(logits.float(), model(idx), atol=0.02, rtol=0.02)
+
+
+def test_without_autocast_attention_keeps_the_input_dtype():
+    q, k, v = (torch.randn(1, 2, 4, 8).bfloat16() for _ in range(3))
+    assert attend(q, k, v, 0.0, True).dtype == torch.bfloat16

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from tests.conftest import TINY_RUN, compose_train
 
+from tinytransformer import training
 from tinytransformer.batches import RandomWindowBatches
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.config import validate
@@ -62,3 +63,37 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
     second = train(compose_train(overrides, tmp_path / "b"), tmp_path / "b")
     for key in ("best_val_loss", "final_train_loss", "final_val_loss"):
         assert first[key] == second[key]
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda_bf16", "cpu_amx", "expected"),
+    [
+        ("cpu", None, True, "bf16-mixed"),
+        ("cpu", None, False, "32-true"),
+        ("gpu", True, False, "bf16-mixed"),
+        ("gpu", False, True, "32-true"),  # a GPU without bf16 (V100, T4): fp32, whatever the CPU has
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(
+    monkeypatch, accelerator, cuda_bf16, cpu_amx, expected
+):
+    monkeypatch.setattr(training, "_cpu_has_amx", lambda: cpu_amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bool(cuda_bf16))
+    assert training.auto_precision(accelerator) == expected
+
+
+def test_a_bf16_mixed_cpu_run_records_its_precision_and_learns(tmp_path):
+    cfg = compose_train([*TINY_RUN, "trainer.precision=bf16-mixed", "test=false"], tmp_path)
+    results = train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16-mixed"
+    assert metrics["entropy_floor_bpc"] < results["best_val_bpc"] < 4.6
+
+
+def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):
+    cfg = compose_train([*TINY_RUN, "trainer.max_steps=2", "test=false"], tmp_path)
+    assert cfg.trainer.precision == "auto"
+    train(cfg, tmp_path)
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["precision"]
+    assert recorded == training.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")

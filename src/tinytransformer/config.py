@@ -18,6 +18,8 @@ from tinytransformer.errors import UserError
 Check = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]
 
 _INT, _NUM = (int,), (int, float)
+# Lightning's precisions, and `auto` (training.auto_precision: bf16-mixed where the hardware has bf16).
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32")
 CHECKS: list[Check] = [
     ("seed", _INT, lambda v: v >= 0, "an integer >= 0"),
     ("model.d_model", _INT, lambda v: v >= 1, "an integer >= 1"),
@@ -46,6 +48,7 @@ CHECKS: list[Check] = [
     ("trainer.log_every_n_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("trainer.gradient_clip_val", _NUM, lambda v: v >= 0, "a number >= 0 (0 = off)"),
     ("trainer.checkpoint_every_n_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.precision", (str, int), lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 ]
 OPTIONAL_CHECKS: list[Check] = [
     ("scheduler.warmup_steps", _INT, lambda v: v >= 0, "an integer >= 0"),
@@ -129,6 +132,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         "weight_decay": float(c.optimizer.weight_decay),
         "scheduler": c.scheduler.name,
         "max_steps": c.trainer.max_steps,
+        "precision": str(c.trainer.precision),
         "gradient_clip_val": float(c.trainer.gradient_clip_val or 0.0),
         "mask_prob": float(c.data.augment.mask_prob),
         "substitute_prob": float(c.data.augment.substitute_prob),

@@ -29,6 +29,24 @@ class TransformerConfig:
     bias: bool = True
 
 
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, is_causal: bool
+) -> torch.Tensor:
+    """Scaled dot-product attention; in fp32 under CPU bf16 autocast.
+
+    torch's CPU flash-attention kernel is ~10x slower in bf16 than in fp32 (torch 2.13, 2 vCPUs with AMX:
+    1.0 ms vs 10 ms forward+backward per layer of nanoGPT's CPU config), which made bf16-mixed training
+    slower than fp32 on CPUs. Attending in fp32 while the projections keep their bf16 matmuls makes it
+    ~1.4x faster than fp32 instead. On GPU, bf16 flash attention is the fast path: nothing changes.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=dropout_p, is_causal=is_causal
+            )
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -47,9 +65,7 @@ class CausalSelfAttention(nn.Module):
         # With a cache and one new query, that query may see every cached position: no mask needed.
         # With a cache and several new queries (a prompt after a prefix) we never call this; see generate().
         is_causal = cache is None or T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=is_causal
-        )  # (B, nh, T, hs)
+        y = attend(q, k, v, self.attn_dropout if self.training else 0.0, is_causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), (k, v)
 

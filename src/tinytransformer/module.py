@@ -21,9 +21,10 @@ class NonFiniteLoss(Exception):
 
     stop_reason = "non_finite_loss"
 
-    def __init__(self, step: int, lr: float, loss: float):
+    def __init__(self, first_step: int, last_step: int, lr: float, loss: float):
+        steps = f"step {last_step}" if first_step >= last_step else f"a step in {first_step}..{last_step}"
         super().__init__(
-            f"non-finite training loss ({loss}) at step {step} (lr {lr:.3g}); stopped, keeping the last good "
+            f"non-finite training loss ({loss}) at {steps} (lr {lr:.3g}); stopped, keeping the last good "
             "last.ckpt if one was written. Lower optimizer.lr, or set trainer.gradient_clip_val"
         )
 
@@ -62,18 +63,15 @@ class LanguageModel(L.LightningModule):
         self.test_metrics = LanguageModelMetrics(token_char_lengths)
         self.val_loss_best = MinMetric()
         self.val_loss_best.persistent(True)  # resumed runs keep their best
-        # Train loss summed on the device since the last validation: its mean is logged without a host
-        # sync per step.
-        self.register_buffer("_train_loss_sum", torch.zeros(()))
-        self.register_buffer("_train_loss_steps", torch.zeros(()))
-        # Likewise bits/char (comparable with a corpus's entropy floor), and how many optimizer steps had
-        # their gradient clipped.
-        self.register_buffer("_train_bpc_sum", torch.zeros(()))
-        self.register_buffer("_clipped_steps", torch.zeros(()))
-        self.register_buffer("_optimizer_steps", torch.zeros(()))
-        # The first step whose loss was not finite (-1: none), tracked on the device; read only at
-        # checkpoints and log steps, so the guard costs no host sync per step.
-        self.register_buffer("_first_nonfinite_step", torch.tensor(-1), persistent=False)
+        # Summed on the device since the last validation, so their means are logged without a host sync
+        # per step: [train loss, train bits/char (comparable with a corpus's entropy floor), steps] and
+        # [optimizer steps whose gradient was clipped, optimizer steps]. One device op per hook and step.
+        # A NaN or infinite loss makes the loss sum non-finite: check_finite() reads it at log steps,
+        # checkpoints and validation.
+        self.register_buffer("_train_sums", torch.zeros(3))
+        self.register_buffer("_clip_sums", torch.zeros(2))
+        self.register_buffer("_one", torch.ones(()), persistent=False)
+        self._finite_until_step = 0  # the last step at which the loss sum was seen finite
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -88,15 +86,13 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
-        bad = ~loss.detach().isfinite() & (self._first_nonfinite_step < 0)
-        self._first_nonfinite_step.masked_fill_(bad, self.global_step + 1)
-        self._train_loss_sum += loss.detach()
-        self._train_loss_steps += 1
+        loss_d = loss.detach()
         if self._one_char_per_token:  # char tokenizer: bits/char is the loss in bits, no gather per step
-            self._train_bpc_sum += loss.detach() / math.log(2)
+            bits = loss_d / math.log(2)
         else:
             chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
-            self._train_bpc_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
+            bits = loss_d * y.numel() / (math.log(2) * chars.clamp_min(1))
+        self._train_sums += torch.stack((loss_d, bits, self._one))
         if self._logging_step():
             self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -107,26 +103,35 @@ class LanguageModel(L.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def check_finite(self) -> None:
-        """Raise NonFiniteLoss if any training loss since the start was NaN or infinite (syncs once)."""
-        step = int(self._first_nonfinite_step)
-        if step >= 0:
+        """Raise NonFiniteLoss if a training loss since the last check was NaN or infinite (syncs once)."""
+        loss_sum = float(self._train_sums[0])
+        if not math.isfinite(loss_sum):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            raise NonFiniteLoss(step, lr, float(self._train_loss_sum))
+            raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)
+        self._finite_until_step = self.global_step
+
+    def on_train_start(self) -> None:
+        self._finite_until_step = self.global_step  # a resumed run's earlier steps were checked
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""
         max_norm = gradient_clip_val if gradient_clip_val else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
-        clipped = (norm > max_norm).float()
-        self._clipped_steps += clipped
-        self._optimizer_steps += 1
+        clipped = norm > max_norm
+        self._clip_sums += torch.stack((clipped, self._one))
         if self._logging_step():
             self.log("train/grad_norm", norm)
-            self.log("train/clipped", clipped)
+            self.log("train/clipped", clipped.float())
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_metrics.update(self(x), y)
+        with self.full_precision():
+            self.val_metrics.update(self(x), y)
+
+    def full_precision(self) -> torch.autocast:
+        """Evaluation in fp32 whatever trainer.precision is: val and test metrics then compare across
+        precisions and machines, and evaluate.py (fp32) reproduces them exactly."""
+        return torch.autocast(self.device.type, enabled=False)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
@@ -136,20 +141,21 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best.update(values["loss"])
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
         self.log("val/loss_best", self.val_loss_best.compute())
-        if self._train_loss_steps > 0:
-            self.log("train/loss_avg", self._train_loss_sum / self._train_loss_steps, sync_dist=True)
-            self.log("train/bpc_avg", self._train_bpc_sum / self._train_loss_steps, sync_dist=True)
-            self._train_loss_sum.zero_()
-            self._train_bpc_sum.zero_()
-            self._train_loss_steps.zero_()
-        if self._optimizer_steps > 0:  # share of the steps since the last validation that were clipped
-            self.log("train/clip_fraction", self._clipped_steps / self._optimizer_steps, sync_dist=True)
-            self._clipped_steps.zero_()
-            self._optimizer_steps.zero_()
+        loss_sum, bits_sum, steps = self._train_sums
+        if steps > 0:
+            self.check_finite()  # before the sums restart
+            self.log("train/loss_avg", loss_sum / steps, sync_dist=True)
+            self.log("train/bpc_avg", bits_sum / steps, sync_dist=True)
+            self._train_sums.zero_()
+        clipped, optimizer_steps = self._clip_sums
+        if optimizer_steps > 0:  # share of the steps since the last validation that were clipped
+            self.log("train/clip_fraction", clipped / optimizer_steps, sync_dist=True)
+            self._clip_sums.zero_()
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.test_metrics.update(self(x), y)
+        with self.full_precision():
+            self.test_metrics.update(self(x), y)
 
     def on_test_epoch_end(self) -> None:
         values = self.test_metrics.compute()

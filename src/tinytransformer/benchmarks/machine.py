@@ -69,9 +69,10 @@ def describe_machine() -> str:
     return text + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU")
 
 
-def matmul_peak(size: int, trials: int = 5) -> float:
-    """Best fp32 FLOP/s of square (size x size) matmuls on this CPU with torch's threads."""
-    a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+def matmul_peak(size: int, trials: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of square (size x size) matmuls in `dtype` on this CPU with torch's threads."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up
     repeats = max(1, int(2e9 // (2 * size**3)))
     best = math.inf
@@ -83,10 +84,16 @@ def matmul_peak(size: int, trials: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def peak_flops(device: torch.device, matmul_size: int) -> tuple[float | None, str]:
-    """(peak FLOP/s, where it comes from): measured on CPU, the datasheet's dense bf16 figure on GPU."""
+def peak_flops(device: torch.device, matmul_size: int, bf16: bool = False) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it comes from): measured on CPU in the run's matmul dtype, the datasheet's dense
+    bf16 figure on GPU."""
     if device.type != "cuda":
-        return matmul_peak(matmul_size), f"fp32 matmul {matmul_size}^3, best measured before/after the rounds"
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        peak = matmul_peak(matmul_size, dtype=dtype)
+        return (
+            peak,
+            f"{'bf16' if bf16 else 'fp32'} matmul {matmul_size}^3, best measured before/after the rounds",
+        )
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
     return peak, "dense bf16, datasheet" if peak else f"unknown for {name}"

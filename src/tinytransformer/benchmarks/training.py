@@ -41,6 +41,8 @@ from tinytransformer.training import (
     build_datamodule,
     build_module,
     build_trainer,
+    on_gpu,
+    resolve_precision,
     run_facts,
 )
 
@@ -121,6 +123,7 @@ def compose_trainer_config(overrides: list[str], output_dir: Path):
         CONFIG_DIR, "train", [*overrides, f"paths.output_dir={output_dir}"], with_hydra=False
     )
     validate(cfg)
+    resolve_precision(cfg)
     return cfg
 
 
@@ -176,7 +179,7 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise UserError(f"trainer.precision={precision}: the benchmark supports 32-true and bf16-mixed")
     accelerator = cfg.trainer.accelerator
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    gpu = on_gpu(accelerator)
     if gpu and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU here; use --preset cpu-small")
     hp = build_module(cfg, dm).hparams  # the module's own resolved settings (fused AdamW or not)
@@ -245,7 +248,8 @@ def run_benchmark(
         dm = build_datamodule(cfg)
         dm.setup("fit")
         recipe = plain_recipe(cfg, dm)
-        peak, peak_source = peak_flops(recipe.device, matmul_size)
+        peak, peak_source = peak_flops(recipe.device, matmul_size, recipe.bf16)
+        fp32_peak = matmul_peak(matmul_size) if recipe.device.type == "cpu" else None
         train_tokens = torch.from_numpy(dm.splits["train"].copy())
         trainer, plain = [], []
         lightning_log.setLevel(logging.WARNING)  # not "GPU available: ..." once per round
@@ -258,7 +262,8 @@ def run_benchmark(
         finally:
             lightning_log.setLevel(level)
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
-        peak = max(peak, matmul_peak(matmul_size))
+        peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
+        fp32_peak = max(fp32_peak, matmul_peak(matmul_size))
     after = CpuSample.now()
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
@@ -278,11 +283,13 @@ def run_benchmark(
         "plain_round_tokens_per_s": plain_tps,
         "trainer_tokens_per_s": statistics.median(trainer_tps),
         "plain_tokens_per_s": statistics.median(plain_tps),
-        "ratio": statistics.median(trainer_tps) / statistics.median(plain_tps),
+        # Median of the rounds' own ratios: a slow phase of the machine hits both paths of a round alike.
+        "ratio": statistics.median(a / b for a, b in zip(trainer_tps, plain_tps, strict=True)),
         "non_embedding_params": non_embedding_params(model),
         "flops_per_token": flops_per_token(model),
         "peak_flops": peak,
         "peak_source": peak_source,
+        "fp32_matmul_peak": fp32_peak,
         "machine": describe_machine(),
         "wall_s": after.wall_s - before.wall_s,
         "other_cpu_per_s": other_cpu_per_s(before, after),
