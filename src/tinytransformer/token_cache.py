@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytransformer.errors import UserError
+from tinytransformer.runs import write_json_atomic
 from tinytransformer.tokenizers import MASK_CHAR, CharTokenizer
 
 CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
@@ -76,7 +77,7 @@ def scan_characters(path: Path, encoding: str, key: str) -> tuple[str, int]:
     """(sorted distinct characters, number of characters) of a text file, checked to be usable text."""
     seen, total = np.zeros(_MAX_CODEPOINT, dtype=bool), 0
     for chunk in codepoint_chunks(path, encoding, key):
-        seen[np.frombuffer(chunk, dtype=np.uint8) if isinstance(chunk, bytes) else chunk] = True
+        seen[_as_codepoints(chunk)] = True
         total += len(chunk)
     if total == 0:
         raise UserError(f"{key}: '{path}' is empty; pass a text file with text to train on")
@@ -148,9 +149,7 @@ def _file_characters(path: Path, encoding: str, key: str, entry: Path) -> tuple[
         return meta["chars"], meta["num_chars"]
     chars, num_chars = scan_characters(path, encoding, key)
     entry.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
-        meta_file, json.dumps({"chars": chars, "num_chars": num_chars, "source": str(path)}).encode()
-    )
+    write_json_atomic(meta_file, {"chars": chars, "num_chars": num_chars, "source": str(path)})
     return chars, num_chars
 
 
@@ -176,9 +175,3 @@ def _write_tokens(path, encoding, key, tokenizer, tokens_file: Path, num_chars: 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

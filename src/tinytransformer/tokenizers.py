@@ -31,6 +31,8 @@ class CharTokenizer:
         # A dense codepoint -> id table makes encoding one vectorized lookup (>100 MB/s).
         self._table = np.full(max(256, int(codepoints.max(initial=0)) + 1), -1, dtype=np.int64)
         self._table[codepoints] = np.arange(len(self.chars))
+        # The same for bytes.translate (encode_ascii); 255 marks a byte outside the vocabulary.
+        self._byte_table = bytes(int(i) if 0 <= i < 255 else 255 for i in self._table[:256])
 
     @classmethod
     def from_text(cls, text: str, with_mask: bool = False) -> CharTokenizer:
@@ -63,12 +65,6 @@ class CharTokenizer:
         if b"\xff" in translated:  # 255 marks bytes that are not in the vocabulary
             self._raise_unknown({chr(b) for b in set(data) if self._byte_table[b] == 255})
         return np.frombuffer(translated, dtype=np.uint8)
-
-    @property
-    def _byte_table(self) -> bytes:
-        if not hasattr(self, "_byte_table_cache"):
-            self._byte_table_cache = bytes(int(i) if 0 <= i < 255 else 255 for i in self._table[:256])
-        return self._byte_table_cache
 
     @staticmethod
     def _raise_unknown(unknown: set[str]) -> None:

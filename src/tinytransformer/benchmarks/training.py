@@ -249,7 +249,9 @@ def run_benchmark(
         dm.setup("fit")
         recipe = plain_recipe(cfg, dm)
         peak, peak_source = peak_flops(recipe.device, matmul_size, recipe.bf16)
-        fp32_peak = matmul_peak(matmul_size) if recipe.device.type == "cpu" else None
+        fp32_peak = None  # the CPU anchor is scaled by it
+        if recipe.device.type == "cpu":
+            fp32_peak = matmul_peak(matmul_size) if recipe.bf16 else peak
         train_tokens = torch.from_numpy(dm.splits["train"].copy())
         trainer, plain = [], []
         lightning_log.setLevel(logging.WARNING)  # not "GPU available: ..." once per round
@@ -263,7 +265,7 @@ def run_benchmark(
             lightning_log.setLevel(level)
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
         peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
-        fp32_peak = max(fp32_peak, matmul_peak(matmul_size))
+        fp32_peak = max(fp32_peak, matmul_peak(matmul_size)) if recipe.bf16 else peak
     after = CpuSample.now()
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
