@@ -1,12 +1,17 @@
+import collections
 import json
+import re
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from tests.conftest import TINY_RUN, compose_train
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tinytransformer import training
 from tinytransformer.batches import RandomWindowBatches
+from tinytransformer.callbacks import StepProgressBar
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.config import validate
 from tinytransformer.model import TinyTransformer
@@ -97,3 +102,50 @@ def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):
     train(cfg, tmp_path)
     recorded = json.loads((tmp_path / "metrics.json").read_text())["precision"]
     assert recorded == training.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")
+
+
+class HostReads(TorchDispatchMode):
+    """Records the training step of every op that reads a tensor's value on the host (`.item()`,
+    `float(t)`, `bool(t)`, data-dependent shapes): on a GPU each one waits for the whole queue."""
+
+    OPS = frozenset({torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default})
+
+    def __init__(self):
+        super().__init__()
+        self.trainer = None
+        self.steps = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS and self.trainer is not None:
+            self.steps[self.trainer.global_step] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class WatchTraining(L.Callback):
+    def __init__(self, mode: HostReads):
+        self.mode = mode
+
+    def on_train_start(self, trainer, pl_module):
+        self.mode.trainer = trainer
+
+    def on_train_end(self, trainer, pl_module):
+        self.mode.trainer = None
+        self.bar = next(c for c in trainer.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
+
+
+def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_steps(tmp_path, monkeypatch):
+    """The per-step path stays asynchronous on a GPU; checked on the CPU by watching the ops themselves."""
+    overrides = [*TINY_RUN, "trainer.max_steps=100", "model.dropout=0.1", "trainer.gradient_clip_val=1.0"]
+    cfg = compose_train(
+        [*overrides, "test=false"], tmp_path
+    )  # progress bar refreshes every 100 // 20 = 5 steps
+    mode, build_callbacks = HostReads(), training.build_callbacks
+    watch = WatchTraining(mode)
+    monkeypatch.setattr(training, "build_callbacks", lambda *a: [*build_callbacks(*a), watch])
+    with mode:
+        train(cfg, tmp_path)
+    # Logging (10), validation, checkpoints and samples (20) and bar refreshes (5) all fall on multiples of 5.
+    assert mode.steps[20] > 0 and mode.steps[10] > 0  # the watch sees reads where they are expected
+    assert {step: n for step, n in mode.steps.items() if step % 5} == {}
+    # The bar still shows the last logged train loss (read at its refreshes).
+    assert re.search(r"train/loss=\d\.\d{3}", watch.bar.postfix), watch.bar.postfix

@@ -94,7 +94,9 @@ class LanguageModel(L.LightningModule):
             bits = loss_d * y.numel() / (math.log(2) * chars.clamp_min(1))
         self._train_sums += torch.stack((loss_d, bits, self._one))
         if self._logging_step():
-            self.log("train/loss", loss, prog_bar=True)
+            # Not prog_bar=True: Lightning would then call .item() on it after every step until the next
+            # log, a host sync per step on a GPU. StepProgressBar shows it, reading it once per refresh.
+            self.log("train/loss", loss)
         return loss
 
     def _logging_step(self) -> bool:

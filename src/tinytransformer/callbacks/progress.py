@@ -29,6 +29,14 @@ class StepProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             self.train_progress_bar.refresh()
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        """Lightning's bar metrics plus the last logged train loss, read (one host sync) per refresh."""
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train/loss"] = float(loss)
+        return metrics
+
     def on_validation_batch_end(self, *args, **kwargs) -> None:
         pass
 
