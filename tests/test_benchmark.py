@@ -76,6 +76,7 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     rounds = zip(result["trainer_round_tokens_per_s"], result["plain_round_tokens_per_s"], strict=True)
     assert result["ratio"] == pytest.approx(statistics.median(a / b for a, b in rounds))
     assert len(result["trainer_round_tokens_per_s"]) == len(result["plain_round_tokens_per_s"]) == 2
+    assert result["order"] == ["trainer", "plain", "plain", "trainer"]  # neither always goes first
     report = format_report(result, "cpu-small").splitlines()
     assert (
         report[-1]

@@ -39,7 +39,7 @@ def _setup_lines(r: dict[str, Any]) -> list[str]:
         f"({r['tokens_per_step']:,} tokens/step); {r['precision']}{', compiled' if recipe.compile else ''}",
         f"optimizer: {o['name']} (fused={o['fused']}) lr {o['lr']}, weight decay {o['weight_decay']}, "
         f"betas {tuple(o['betas'])}; {schedule}; clip grad norm {recipe.clip}",
-        f"timing: {r['rounds']} rounds, interleaved (Trainer, plain, Trainer, ...); per round {r['steps']} steps "
+        f"timing: {r['rounds']} rounds, interleaved (Trainer plain, plain Trainer, ...); per round {r['steps']} steps "
         f"timed after {r['warmup']} untimed warm-up steps",
         "  (a) Trainer: conf/train.yaml + these overrides, training.py's builders, default callbacks, "
         "TensorBoard, progress bar; validation, sampling and periodic checkpoints are set to come after "

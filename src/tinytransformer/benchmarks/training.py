@@ -2,12 +2,13 @@
 
 Path (a) is what `scripts/train.py` runs: conf/train.yaml composed with overrides, then the package's own
 builders (callbacks, TensorBoard, progress bar). Path (b) is a bare loop over the same model, batches,
-optimizer, schedule and clipping. Rounds alternate a, b, a, b...; each times `steps` optimizer steps after
+optimizer, schedule and clipping. Rounds alternate a b, b a, a b, ...; each times `steps` optimizer steps after
 `warmup` steps, and the medians over rounds are compared.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import statistics
@@ -226,6 +227,7 @@ def plain_round(recipe: PlainRecipe, train_tokens: torch.Tensor, warmup: int, st
 
 
 def _measured(run, *args) -> Segment:
+    gc.collect()  # the previous round's garbage is collected now, not during this round's timed steps
     before = CpuSample.now()
     segment = run(*args)
     segment.other_cpu_per_s = other_cpu_per_s(before, CpuSample.now())
@@ -253,16 +255,21 @@ def run_benchmark(
         if recipe.device.type == "cpu":
             fp32_peak = matmul_peak(matmul_size) if recipe.bf16 else peak
         train_tokens = torch.from_numpy(dm.splits["train"].copy())
-        trainer, plain = [], []
+        paths = {
+            "trainer": lambda i: trainer_round(overrides, Path(tmp) / f"round-{i}", dm, warmup, steps),
+            "plain": lambda i: plain_round(recipe, train_tokens, warmup, steps),
+        }
+        segments, order = {"trainer": [], "plain": []}, []
         lightning_log.setLevel(logging.WARNING)  # not "GPU available: ..." once per round
         try:
             for i in range(rounds):
-                trainer.append(
-                    _measured(trainer_round, overrides, Path(tmp) / f"round-{i}", dm, warmup, steps)
-                )
-                plain.append(_measured(plain_round, recipe, train_tokens, warmup, steps))
+                # A B, B A, A B, ...: a machine that speeds up or slows down within a round favours neither.
+                for name in ("trainer", "plain") if i % 2 == 0 else ("plain", "trainer"):
+                    segments[name].append(_measured(paths[name], i))
+                    order.append(name)
         finally:
             lightning_log.setLevel(level)
+        trainer, plain = segments["trainer"], segments["plain"]
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
         peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
         fp32_peak = max(fp32_peak, matmul_peak(matmul_size)) if recipe.bf16 else peak
@@ -276,6 +283,7 @@ def run_benchmark(
         "recipe": recipe,
         "corpus": f"{dm.corpus.name} ({dm.corpus.source})",
         "rounds": rounds,
+        "order": order,
         "steps": steps,
         "warmup": warmup,
         "tokens_per_step": tokens_per_step,
