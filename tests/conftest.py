@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
+from tinytransformer import training
 from tinytransformer.cli import CONFIG_DIR, ROOT, compose_config, project_env
 
 # Two torch processes with 2 threads each thrash a 2-core machine; tests and their subprocesses use 1.
@@ -61,3 +63,40 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+# Steps at which a run of SYNC_RUN may read values on the host: logging (10), validation, checkpoints and
+# samples (20), and progress-bar refreshes (every max_steps // 20 = 5) all fall on multiples of 5.
+SYNC_RUN = [
+    *TINY_RUN,
+    "trainer.max_steps=100",
+    "model.dropout=0.1",
+    "trainer.gradient_clip_val=1.0",
+    "test=false",
+]
+SYNC_EVERY = 5
+
+
+class StepWatch(L.Callback):
+    """Appended to train()'s callbacks by the `step_watch` fixture: tells a test the current training step."""
+
+    def __init__(self):
+        self.trainer: L.Trainer | None = None
+        self.callbacks: list[L.Callback] = []
+
+    @property
+    def step(self) -> int | None:
+        return self.trainer.global_step if self.trainer is not None else None
+
+    def on_train_start(self, trainer, pl_module):
+        self.trainer, self.callbacks = trainer, list(trainer.callbacks)
+
+    def on_train_end(self, trainer, pl_module):
+        self.trainer = None
+
+
+@pytest.fixture
+def step_watch(monkeypatch) -> StepWatch:
+    watch, build_callbacks = StepWatch(), training.build_callbacks
+    monkeypatch.setattr(training, "build_callbacks", lambda *args: [*build_callbacks(*args), watch])
+    return watch

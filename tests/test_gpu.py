@@ -1,10 +1,13 @@
-"""GPU behaviour (skipped without CUDA; scripts/gpu_check.sh runs these): bf16, compile, KV cache, DDP."""
+"""GPU behaviour (skipped without CUDA; scripts/gpu_check.sh runs these): bf16, compile, KV cache, DDP,
+no host syncs between log steps."""
 
+import collections
 import math
+import warnings
 
 import pytest
 import torch
-from tests.conftest import TINY_RUN, compose_train, run_cli
+from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, compose_train, run_cli
 
 from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint
 from tinytransformer.cli import compose_cli
@@ -24,6 +27,26 @@ def test_bf16_training_leaves_a_checkpoint_that_evaluates_alike_on_cpu(tmp_path)
     cfg = compose_cli("evaluate", [f"ckpt_path={tmp_path}", "splits=[val]", "device=cpu"])
     on_cpu = evaluate_checkpoint(cfg)["val/loss"]
     assert on_cpu == pytest.approx(results["best_val_loss"], rel=0.02)  # bf16 autocast vs fp32
+
+
+def test_training_synchronizes_with_the_gpu_only_at_log_refresh_and_validation_steps(tmp_path, step_watch):
+    """CUDA's sync debug mode warns at every synchronizing call; the warnings are counted per step."""
+    syncs = collections.Counter()
+
+    def count(message, *args, **kwargs):
+        if step_watch.step is not None and "synchroniz" in str(message):
+            syncs[step_watch.step] += 1
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():  # restores warnings.showwarning
+            warnings.simplefilter("always")
+            warnings.showwarning = count
+            train(compose_train([*SYNC_RUN, "trainer=gpu"], tmp_path), tmp_path)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert syncs[20] > 0  # validation reads its results: the detection works
+    assert {step: n for step, n in syncs.items() if step % SYNC_EVERY} == {}
 
 
 def test_compiled_training_saves_weights_that_load_without_compile(tmp_path):

@@ -2,11 +2,10 @@ import collections
 import json
 import re
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import TINY_RUN, compose_train
+from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, StepWatch, compose_train
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tinytransformer import training
@@ -105,47 +104,28 @@ def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):
 
 
 class HostReads(TorchDispatchMode):
-    """Records the training step of every op that reads a tensor's value on the host (`.item()`,
-    `float(t)`, `bool(t)`, data-dependent shapes): on a GPU each one waits for the whole queue."""
+    """Counts, per training step, the ops that read a tensor's value on the host (`.item()`, `float(t)`,
+    `bool(t)`, data-dependent shapes): on a GPU each one waits for the whole queue."""
 
     OPS = frozenset({torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default})
 
-    def __init__(self):
+    def __init__(self, watch: StepWatch):
         super().__init__()
-        self.trainer = None
-        self.steps = collections.Counter()
+        self.watch, self.steps = watch, collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.OPS and self.trainer is not None:
-            self.steps[self.trainer.global_step] += 1
+        if func in self.OPS and self.watch.step is not None:
+            self.steps[self.watch.step] += 1
         return func(*args, **(kwargs or {}))
 
 
-class WatchTraining(L.Callback):
-    def __init__(self, mode: HostReads):
-        self.mode = mode
-
-    def on_train_start(self, trainer, pl_module):
-        self.mode.trainer = trainer
-
-    def on_train_end(self, trainer, pl_module):
-        self.mode.trainer = None
-        self.bar = next(c for c in trainer.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
-
-
-def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_steps(tmp_path, monkeypatch):
-    """The per-step path stays asynchronous on a GPU; checked on the CPU by watching the ops themselves."""
-    overrides = [*TINY_RUN, "trainer.max_steps=100", "model.dropout=0.1", "trainer.gradient_clip_val=1.0"]
-    cfg = compose_train(
-        [*overrides, "test=false"], tmp_path
-    )  # progress bar refreshes every 100 // 20 = 5 steps
-    mode, build_callbacks = HostReads(), training.build_callbacks
-    watch = WatchTraining(mode)
-    monkeypatch.setattr(training, "build_callbacks", lambda *a: [*build_callbacks(*a), watch])
-    with mode:
-        train(cfg, tmp_path)
-    # Logging (10), validation, checkpoints and samples (20) and bar refreshes (5) all fall on multiples of 5.
-    assert mode.steps[20] > 0 and mode.steps[10] > 0  # the watch sees reads where they are expected
-    assert {step: n for step, n in mode.steps.items() if step % 5} == {}
+def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_steps(tmp_path, step_watch):
+    """The per-step path stays asynchronous on a GPU; checked on the CPU by watching the ops themselves
+    (tests/test_gpu.py checks the same with CUDA's own sync detection)."""
+    with HostReads(step_watch) as reads:
+        train(compose_train(SYNC_RUN, tmp_path), tmp_path)
+    assert reads.steps[10] > 0 and reads.steps[20] > 0  # it sees the reads where they are expected
+    assert {step: n for step, n in reads.steps.items() if step % SYNC_EVERY} == {}
     # The bar still shows the last logged train loss (read at its refreshes).
-    assert re.search(r"train/loss=\d\.\d{3}", watch.bar.postfix), watch.bar.postfix
+    bar = next(c for c in step_watch.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
+    assert re.search(r"train/loss=\d\.\d{3}", bar.postfix), bar.postfix
