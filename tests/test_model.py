@@ -78,6 +78,19 @@ def test_greedy_generation_is_identical_with_and_without_cache_past_block_size()
     assert torch.equal(cached, recomputed)
 
 
+def test_generation_with_a_model_compiled_in_place_compiles_nothing():
+    """model.compile=true compiles the model in place; sampling must not recompile it for every prompt
+    length and cache size (the eager backend: dynamo's tracing is what is counted, no code generation)."""
+    model = make_model()
+    expected = generate(model, torch.tensor([[1, 2, 3]]), 20, temperature=0)
+    model.compile(backend="eager")
+    before = sum(torch._dynamo.utils.counters["frames"].values())
+    assert torch.equal(generate(model, torch.tensor([[1, 2, 3]]), 20, temperature=0), expected)
+    assert sum(torch._dynamo.utils.counters["frames"].values()) == before
+    model(torch.tensor([[1, 2, 3]]))  # while a direct call is compiled: the counter does see compiles
+    assert sum(torch._dynamo.utils.counters["frames"].values()) > before
+
+
 def test_sampling_is_reproducible_with_a_seeded_generator():
     model = make_model()
     prompt = torch.tensor([[1, 2]])

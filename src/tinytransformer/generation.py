@@ -56,6 +56,9 @@ def generate(
     """Extend token ids `idx` (B, T) by `max_new_tokens` sampled tokens; returns (B, T + max_new_tokens)."""
     was_training = model.training
     model.eval()  # dropout off while sampling
+    # forward(), not model(...): a model compiled in place (model.compile=true) would recompile for every
+    # new prompt length and cache size (seconds each, mid-training); token-by-token steps gain little from it.
+    step = model.forward
     block_size, keep = model.block_size, max(1, model.block_size // 2)
     out = idx
     window_start = max(0, idx.shape[1] - block_size)
@@ -66,11 +69,11 @@ def generate(
             cache, cached = None, 0
         window = out[:, window_start:]
         if not use_cache:
-            logits = model(window)
+            logits = step(window)
         else:
             if cache is None:
                 cache = model.empty_cache(out.shape[0], out.device)
-            logits, cache = model(window[:, cached:], cache=cache, start_pos=cached)
+            logits, cache = step(window[:, cached:], cache=cache, start_pos=cached)
             cached = window.shape[1]
         token = next_token(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
         out = torch.cat([out, token], dim=1)
