@@ -53,9 +53,7 @@ if [ "$GPUS" -ge 2 ]; then
 else
     echo; echo "== ddp_2_gpus: skipped ($GPUS GPU)"
 fi
-if [ -f scripts/benchmark.py ]; then
-    step benchmark timeout 180 "$PYTHON" scripts/benchmark.py --preset gpu-shakespeare --quick
-fi
+step benchmark timeout 180 "$PYTHON" scripts/benchmark.py --preset gpu-shakespeare --quick
 
 echo
 if [ ${#FAILED[@]} -gt 0 ]; then

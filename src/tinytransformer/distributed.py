@@ -84,7 +84,7 @@ def torchrun_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     given = {o.split("=", 1)[0] for o in overrides}
     dirs = {key: str(OmegaConf.select(cfg, key)) for key in ("hydra.run.dir", "hydra.sweep.dir")}
     dirs = {key: value for key, value in dirs.items() if key not in given}
-    rank_zero = int(os.environ["RANK"]) == 0
+    rank_zero = is_rank_zero()
     if dirs:
         store = _torchrun_store(is_master=rank_zero)
         for key in dirs:

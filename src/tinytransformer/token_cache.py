@@ -20,7 +20,7 @@ import numpy as np
 
 from tinytransformer.errors import UserError
 from tinytransformer.runs import write_json_atomic
-from tinytransformer.tokenizers import MASK_CHAR, CharTokenizer
+from tinytransformer.tokenizers import CharTokenizer
 
 CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)
@@ -118,8 +118,8 @@ def cached_char_tokens(
     entry = Path(cache_dir) / "tokens" / f"{file_sha256(path)[:24]}-{encoding}"
     chars, num_chars = _file_characters(path, encoding, key, entry)
     if tokenizer is None:
-        tokenizer = CharTokenizer(sorted(set(chars) | ({MASK_CHAR} if with_mask else set())))
-    unknown = sorted(set(chars) - set(tokenizer.chars))
+        tokenizer = CharTokenizer.from_text(chars, with_mask)
+    unknown = tokenizer.unknown_chars(chars)
     if unknown:
         raise UserError(
             f"{key}: '{path}' has {len(unknown)} character(s) the checkpoint's vocabulary lacks "

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from tinytransformer.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
-from tinytransformer.callbacks.processes import ProcessSetup
+from tinytransformer.callbacks.processes import ProcessSetup, log_lightning_via_root
 from tinytransformer.callbacks.resume import LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, to_plain, validate
@@ -33,8 +33,7 @@ class _DropAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # print once, via the run's log handlers
-    logging.getLogger(_name).handlers.clear()
+log_lightning_via_root()
 # Lightning 2.6 calls a torch API that torch 2.13 deprecates, once per run: not the user's concern.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 

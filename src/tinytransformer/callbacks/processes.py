@@ -10,6 +10,13 @@ import lightning as L
 import torch
 
 
+def log_lightning_via_root() -> None:
+    """Lightning's loggers print through the root's handlers (the run's console + train.log), once."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
 class ProcessSetup(L.Callback):
     """Sets each rank's torch thread count and gives a spawned rank 0 the run's log handlers.
 
@@ -29,6 +36,4 @@ class ProcessSetup(L.Callback):
                 logging.config.dictConfig(self.logging_config)
             else:
                 logging.basicConfig(level=logging.INFO, format="%(message)s")
-            for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # print once, via the root
-                logging.getLogger(name).handlers.clear()
-                logging.getLogger(name).propagate = True
+            log_lightning_via_root()
