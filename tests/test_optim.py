@@ -5,7 +5,14 @@ import torch
 
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
-from tinytransformer.optim import build_optimizer, parameter_groups, warmup_cosine
+from tinytransformer.optim import (
+    build_optimizer,
+    lr_factor,
+    parameter_groups,
+    resume_schedule,
+    scheduled_lr,
+    warmup_cosine,
+)
 
 
 def test_adamw_decays_weight_matrices_only():
@@ -36,3 +43,28 @@ def test_warmup_cosine_rises_then_decays_to_the_floor():
     assert factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
     assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
     assert not math.isnan(factor(10_000))
+
+
+def test_scheduled_lr_is_the_lr_lambdalr_sets_at_each_step():
+    schedule = {"name": "cosine", "warmup_steps": 3, "total_steps": 12, "min_lr_ratio": 0.1}
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
+    for step in range(20):
+        assert optimizer.param_groups[0]["lr"] == scheduled_lr(schedule, 0.5, step), step
+        optimizer.step()
+        scheduler.step()
+    assert lr_factor({"name": "none"}) is None and scheduled_lr({"name": "none"}, 0.5, 7) == 0.5
+
+
+def test_a_resumed_run_keeps_its_checkpoints_schedule_unless_told_to_rebuild_it():
+    old = {"name": "cosine", "warmup_steps": 0, "total_steps": 20, "min_lr_ratio": 0.1}
+    new, constant = {**old, "total_steps": 40}, {"name": "none"}
+    assert resume_schedule(old, old, "keep", 0.01, 20) == (
+        old,
+        "schedule: kept the checkpoint's cosine schedule (planned for 20 steps): lr 1.00e-03 at step 20",
+    )
+    assert resume_schedule(constant, new, "rebuild", 0.01, 20) == (
+        new,
+        "schedule: rebuilt as this config's cosine schedule (planned for 40 steps) (scheduler.on_resume=rebuild), "
+        "not the checkpoint's constant lr (scheduler.name=none): lr 1.00e-02 -> 5.50e-03 at step 20",
+    )

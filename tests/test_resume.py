@@ -48,10 +48,11 @@ def start_and_kill(log_dir: Path, after_checkpoint_s: float) -> Path:
     return only_run(log_dir)
 
 
-def assert_same_state(a: Path, b: Path) -> None:
+def assert_same_state(a: Path, b: Path, steps: int) -> None:
+    """The last.ckpt of run dirs `a` and `b`: both at `steps`, the same weights, optimizer and schedule."""
     ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 240
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == steps
     for name, tensor in ckpt_a["state_dict"].items():
         assert torch.equal(tensor, ckpt_b["state_dict"][name]), name
     opt_a, opt_b = ckpt_a["optimizer_states"][0]["state"], ckpt_b["optimizer_states"][0]["state"]
@@ -72,7 +73,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_optimizer_and_metrics(tmp_pat
     resumed = run_cli("train.py", f"resume={killed}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    assert_same_state(uninterrupted, killed)
+    assert_same_state(uninterrupted, killed, steps=240)
     metrics_a = json.loads((uninterrupted / "metrics.json").read_text())
     metrics_b = json.loads((killed / "metrics.json").read_text())
     assert {k: v for k, v in metrics_a.items() if k not in TIMING_KEYS} == {
@@ -97,3 +98,10 @@ def test_resume_keeps_the_earlier_config_files(tmp_path):
     (resume_dir,) = list((killed / ".hydra").glob("resume-*"))
     assert "max_steps: 250" in (resume_dir / "config.yaml").read_text()
     assert json.loads((killed / "metrics.json").read_text())["steps"] == 250
+    # A longer run keeps the schedule it was started with, and says so.
+    (line,) = [line for line in resumed.stdout.splitlines() if line.startswith("schedule:")]
+    assert line.startswith("schedule: kept the checkpoint's cosine schedule (planned for 240 steps): lr ")
+    assert (
+        "; scheduler.on_resume=rebuild would use this config's cosine schedule (planned for 250 steps)"
+        in line
+    )

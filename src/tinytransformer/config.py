@@ -53,6 +53,14 @@ CHECKS: list[Check] = [
 OPTIONAL_CHECKS: list[Check] = [
     ("scheduler.warmup_steps", _INT, lambda v: v >= 0, "an integer >= 0"),
     ("scheduler.min_lr_ratio", _NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    (
+        "scheduler.on_resume",
+        (str,),
+        lambda v: v in ("keep", "rebuild"),
+        "'keep' (a resumed run continues its checkpoint's schedule) or 'rebuild' (planned anew for this config)",
+    ),
+    # Optional: the configs of run dirs from before it was listed lack it (resume=<run dir>).
+    ("trainer.accumulate_grad_batches", _INT, lambda v: v >= 1, "an integer >= 1 (1 = no accumulation)"),
     ("callbacks.early_stopping.patience", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("callbacks.early_stopping.min_delta", _NUM, lambda v: v >= 0, "a number >= 0"),
     ("callbacks.sample_generation.every_n_steps", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
@@ -123,6 +131,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         "tokenizer": c.data.tokenizer,
         "block_size": c.data.block_size,
         "batch_size": c.data.batch_size,
+        "accumulate_grad_batches": OmegaConf.select(c, "trainer.accumulate_grad_batches", default=1),
         "d_model": c.model.d_model,
         "n_heads": c.model.n_heads,
         "n_layers": c.model.n_layers,

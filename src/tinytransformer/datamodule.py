@@ -172,7 +172,8 @@ class TextDataModule(L.LightningDataModule):
                 self.tokenizer.mask_id or 0,
                 self.tokenizer.vocab_size,
             )
-        # A resumed run starts at the batch after the last one it trained on.
+        # A resumed run starts at the batch after the last one it trained on: each step trains on
+        # accumulate_grad_batches of them, and last.ckpt is only written between steps.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         device = trainer.strategy.root_device if trainer is not None else "cpu"

@@ -13,7 +13,7 @@ from torchmetrics import MinMetric
 from tinytransformer.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.metrics import LanguageModelMetrics
 from tinytransformer.model import TinyTransformer
-from tinytransformer.optim import build_optimizer, warmup_cosine
+from tinytransformer.optim import build_optimizer, lr_factor
 
 
 class NonFiniteLoss(Exception):
@@ -38,7 +38,8 @@ class LanguageModel(L.LightningModule):
         scheduler: `name` (`none` | `cosine`), `warmup_steps`, `min_lr_ratio`, `total_steps`.
         tokenizer: the tokenizer's `to_dict()`, so a checkpoint alone can generate text.
         data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
-        seed: seeds dropout per step, making a resumed run's dropout masks those of an uninterrupted one.
+        seed: seeds dropout per training batch, making a resumed run's dropout masks those of an
+            uninterrupted one.
     """
 
     def __init__(
@@ -81,7 +82,14 @@ class LanguageModel(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.hparams.model.get("dropout", 0.0) > 0:
-            torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.global_step, 1))
+            torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.batch_index(batch_idx), 1))
+
+    def batch_index(self, batch_idx: int) -> int:
+        """The training batch's index in the run's batch stream (the datamodule draws batch i by i): an
+        optimizer step trains on `trainer.accumulate_grad_batches` of them, each with its own dropout."""
+        accumulate = self.trainer.accumulate_grad_batches
+        # batch_idx % accumulate: Lightning's own count of the micro-batch within the step (restored on resume)
+        return self.global_step * accumulate + batch_idx % accumulate
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -114,6 +122,22 @@ class LanguageModel(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._finite_until_step = self.global_step  # a resumed run's earlier steps were checked
+        if self.global_step > 0:
+            self.continue_schedule(self.global_step)
+
+    def continue_schedule(self, step: int) -> None:
+        """Set the lr to this module's schedule's value at `step`. A resumed run restores the lr from its
+        checkpoint's optimizer state: the old schedule's, which a rebuilt one (scheduler.on_resume=rebuild)
+        must replace from the resume step on, not one step later."""
+        optimizer, scheduler = self.optimizers(use_pl_optimizer=False), self.lr_schedulers()
+        if scheduler is None:  # a constant lr: the configured one
+            lrs = [self.hparams.optimizer["lr"]] * len(optimizer.param_groups)
+        else:  # LambdaLR's formula, so a kept schedule's lr stays bit-identical
+            scheduler.last_epoch = step
+            factors = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+            lrs = [base * factor(step) for base, factor in factors]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""
@@ -165,10 +189,9 @@ class LanguageModel(L.LightningModule):
         self.log_dict({f"test/{k}": v for k, v in values.items()})
 
     def configure_optimizers(self):
-        opt_cfg, sched_cfg = self.hparams.optimizer, self.hparams.scheduler
-        optimizer = build_optimizer(self.model, **opt_cfg)
-        if sched_cfg["name"] == "none":
+        optimizer = build_optimizer(self.model, **self.hparams.optimizer)
+        factor = lr_factor(self.hparams.scheduler)
+        if factor is None:
             return optimizer
-        factor = warmup_cosine(sched_cfg["warmup_steps"], sched_cfg["total_steps"], sched_cfg["min_lr_ratio"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

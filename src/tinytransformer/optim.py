@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,3 +56,43 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def lr_factor(scheduler: dict[str, Any]) -> Callable[[int], float] | None:
+    """The LR multiplier of a `conf/scheduler` dict; None for a constant lr (`name: none`)."""
+    if scheduler["name"] == "none":
+        return None
+    return warmup_cosine(scheduler["warmup_steps"], scheduler["total_steps"], scheduler["min_lr_ratio"])
+
+
+def scheduled_lr(scheduler: dict[str, Any], lr: float, step: int) -> float:
+    """The lr that `scheduler` sets for `step` from the base `lr` (as LambdaLR computes it)."""
+    factor = lr_factor(scheduler)
+    return lr if factor is None else lr * factor(step)
+
+
+def resume_schedule(
+    kept: dict[str, Any], planned: dict[str, Any], on_resume: str, lr: float, step: int
+) -> tuple[dict[str, Any], str]:
+    """(The schedule a run resumed at `step` follows, one line saying which.)
+
+    `on_resume="keep"`: the checkpoint's schedule `kept` goes on, so the lr is continuous (a longer run stays
+    at its final lr past the old end). `"rebuild"`: the resumed config's schedule `planned` takes over at
+    `step`, and the lr may jump. `lr` is the base lr.
+    """
+    before, after = scheduled_lr(kept, lr, step), scheduled_lr(planned, lr, step)
+    if on_resume == "rebuild":
+        return planned, (
+            f"schedule: rebuilt as this config's {_plan(planned)} (scheduler.on_resume=rebuild), not the "
+            f"checkpoint's {_plan(kept)}: lr {before:.2e} -> {after:.2e} at step {step}"
+        )
+    line = f"schedule: kept the checkpoint's {_plan(kept)}: lr {before:.2e} at step {step}"
+    if planned != kept:
+        line += f"; scheduler.on_resume=rebuild would use this config's {_plan(planned)}: lr {after:.2e}"
+    return kept, line
+
+
+def _plan(schedule: dict[str, Any]) -> str:
+    if schedule["name"] == "none":
+        return "constant lr (scheduler.name=none)"
+    return f"{schedule['name']} schedule (planned for {schedule['total_steps']} steps)"

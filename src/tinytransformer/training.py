@@ -19,7 +19,9 @@ from tinytransformer.callbacks.resume import LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.distributed import is_rank_zero
 from tinytransformer.module import LanguageModel
+from tinytransformer.optim import resume_schedule
 from tinytransformer.strategies import launch_settings
 
 log = logging.getLogger(__name__)
@@ -43,22 +45,36 @@ def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> Te
     return TextDataModule(data, seed=cfg.seed, tokenizer_state=tokenizer_state)
 
 
-def build_module(cfg: DictConfig, dm: TextDataModule) -> LanguageModel:
+def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | None = None) -> LanguageModel:
+    """The LightningModule `cfg` describes; resuming from the checkpoint `ckpt`, if given."""
     model_cfg = to_plain(cfg.model)
     compile_model = model_cfg.pop("compile", False)
     model_cfg.update(vocab_size=dm.tokenizer.vocab_size, block_size=cfg.data.block_size)
     optimizer = to_plain(cfg.optimizer)
     optimizer["fused"] = optimizer.get("fused", True) and _fused_supported(cfg.trainer.accelerator)
+    schedule = to_plain(cfg.scheduler)
+    on_resume = schedule.pop("on_resume", "keep")  # how a resumed run treats the schedule, not part of it
     return LanguageModel(
         model=model_cfg,
         optimizer=optimizer,
-        scheduler=to_plain(cfg.scheduler),
+        scheduler=resumed_schedule(ckpt, schedule, on_resume) if ckpt else schedule,
         tokenizer=dm.tokenizer.to_dict(),
         token_char_lengths=dm.tokenizer.token_char_lengths(),
         data=to_plain(cfg.data),
         seed=cfg.seed,
         compile=compile_model,
     )
+
+
+def resumed_schedule(ckpt: dict[str, Any], planned: dict[str, Any], on_resume: str) -> dict[str, Any]:
+    """The checkpoint's schedule or the `planned` one, as `scheduler.on_resume` says; the run logs which."""
+    hparams = ckpt["hyper_parameters"]
+    schedule, line = resume_schedule(
+        hparams["scheduler"], planned, on_resume, hparams["optimizer"]["lr"], ckpt["global_step"]
+    )
+    if is_rank_zero():
+        log.info(line)
+    return schedule
 
 
 def _fused_supported(accelerator: str) -> bool:
@@ -116,6 +132,8 @@ def resolve_precision(cfg: DictConfig) -> None:
 def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     kwargs = to_plain(cfg.trainer)
     kwargs.pop("checkpoint_every_n_steps")
+    if isinstance(kwargs.get("val_check_interval"), int):  # Lightning counts micro-batches; we count steps
+        kwargs["val_check_interval"] *= kwargs.get("accumulate_grad_batches", 1)
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
@@ -144,12 +162,11 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     output_dir = Path(output_dir)
     L.seed_everything(cfg.seed, verbose=False)
     # A resumed run keeps its checkpoint's vocabulary (and refuses data with characters outside it).
-    tokenizer_state = (
-        load_checkpoint(ckpt_path, "resume")["hyper_parameters"]["tokenizer"] if ckpt_path else None
-    )
-    dm = build_datamodule(cfg, tokenizer_state)
+    ckpt = load_checkpoint(ckpt_path, "resume") if ckpt_path else None
+    dm = build_datamodule(cfg, ckpt["hyper_parameters"]["tokenizer"] if ckpt else None)
     dm.setup("fit")
-    module = build_module(cfg, dm)
+    module = build_module(cfg, dm, ckpt)
+    del ckpt  # fit() loads it again: no second copy of the weights is held while training
     summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))
     callbacks = build_callbacks(cfg, output_dir, summary)
     trainer = build_trainer(cfg, output_dir, callbacks)
