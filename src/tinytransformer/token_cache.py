@@ -4,6 +4,10 @@ A 1 GB text never sits in memory as a Python string: it is decoded, checked and 
 streaming passes: the character set, then the ids), and training reads windows straight from the memory
 map. The cache key is the file's sha256 and the vocabulary, so an edited file or another vocabulary gets
 its own tokens.
+
+Every cache file carries a check recorded when it was built (characters.json its own crc32; the ids a crc32
+per block, in tokens-<vocab>.json), verified whenever it is reused: a corrupt file (a disk error, an edit) is
+rebuilt with one warning line, rather than crashing a run on an out-of-range id or training on wrong text.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +32,21 @@ from tinytransformer.tokenizers import CharTokenizer
 CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)
 _MAX_CODEPOINT = 0x110000
+# Ids are checked in blocks, one crc32 each, on several threads (zlib and numpy release the GIL): on one
+# thread, the check adds a quarter to a 1 GB cache's start-up. A new block size rebuilds every cache once.
+CHECK_BLOCK_BYTES = 1 << 24
+_CHECK_THREADS = min(8, os.cpu_count() or 1)
+
+log = logging.getLogger(__name__)
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
+    # One small buffer, read into again and again: a fresh 32 MiB bytes per read makes hashing 1.7x slower.
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
+        while size := f.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 
@@ -130,7 +145,7 @@ def cached_char_tokens(
     dtype = (
         np.uint8 if tokenizer.vocab_size <= 256 else np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     )
-    if not tokens_file.exists():
+    if not _reusable(tokens_file, dtype, num_chars, tokenizer.vocab_size):
         _write_tokens(path, encoding, key, tokenizer, tokens_file, num_chars, dtype)
     # Copy-on-write: torch wants a writable array; nothing writes to it, so no page is ever copied.
     tokens = np.memmap(tokens_file, dtype=dtype, mode="c", shape=(num_chars,))
@@ -142,35 +157,101 @@ def _as_codepoints(chunk: bytes | np.ndarray) -> np.ndarray:
     return np.frombuffer(chunk, dtype=np.uint8) if isinstance(chunk, bytes) else chunk
 
 
+def tokens_checks(tokens: np.ndarray) -> tuple[list[int], int]:
+    """(crc32 of each CHECK_BLOCK_BYTES of the ids' bytes, the largest id)."""
+    step = CHECK_BLOCK_BYTES // tokens.itemsize
+
+    def check(start: int) -> tuple[int, int]:
+        block = tokens[start : start + step]
+        return zlib.crc32(block), int(block.max())
+
+    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        checks = list(pool.map(check, range(0, len(tokens), step)))
+    return [crc for crc, _ in checks], max(top for _, top in checks)
+
+
+def _check_file(tokens_file: Path) -> Path:
+    return tokens_file.with_suffix(".json")
+
+
+def _read_record(file: Path) -> dict | None:
+    """A cache file's JSON object; None if it is missing or is not one (torn, edited)."""
+    try:
+        record = json.loads(file.read_text())
+    except (FileNotFoundError, ValueError):  # ValueError: not UTF-8, not JSON
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _characters_crc(chars: object, num_chars: object) -> int:
+    return zlib.crc32(json.dumps([chars, num_chars]).encode())
+
+
 def _file_characters(path: Path, encoding: str, key: str, entry: Path) -> tuple[str, int]:
     meta_file = entry / "characters.json"
-    if meta_file.exists():
-        meta = json.loads(meta_file.read_text())
+    meta = _read_record(meta_file)
+    if meta is not None and meta.get("crc32") == _characters_crc(meta.get("chars"), meta.get("num_chars")):
         return meta["chars"], meta["num_chars"]
+    if meta_file.exists():
+        legacy = meta is not None and "crc32" not in meta
+        problem = "has no checksum (built by an older version?)" if legacy else "is corrupt"
+        log.warning(f"token cache {meta_file} {problem}; rebuilding it")
     chars, num_chars = scan_characters(path, encoding, key)
     entry.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(meta_file, {"chars": chars, "num_chars": num_chars, "source": str(path)})
+    record = {"chars": chars, "num_chars": num_chars, "crc32": _characters_crc(chars, num_chars)}
+    write_json_atomic(meta_file, {**record, "source": str(path)})
     return chars, num_chars
 
 
+def _reusable(tokens_file: Path, dtype, num_chars: int, vocab_size: int) -> bool:
+    """Whether the cached ids pass their recorded check; a bad file is deleted, with one warning line."""
+    if not tokens_file.exists():
+        return False
+    problem = _tokens_problem(tokens_file, dtype, num_chars, vocab_size)
+    if problem is None:
+        return True
+    log.warning(f"token cache {tokens_file} {problem}; rebuilding it")
+    tokens_file.unlink(missing_ok=True)
+    _check_file(tokens_file).unlink(missing_ok=True)
+    return False
+
+
+def _tokens_problem(tokens_file: Path, dtype, num_chars: int, vocab_size: int) -> str | None:
+    recorded = _read_record(_check_file(tokens_file))
+    if recorded is None:
+        # Length and id range alone would pass wrong text that stays in range: rebuild (once) instead.
+        return f"has no readable check file {_check_file(tokens_file).name} (built by an older version?)"
+    size, expected = tokens_file.stat().st_size, num_chars * np.dtype(dtype).itemsize
+    if size != expected:
+        return f"is corrupt ({size:,} bytes, {expected:,} expected)"
+    crcs, top = tokens_checks(np.memmap(tokens_file, dtype=dtype, mode="r", shape=(num_chars,)))
+    if top >= vocab_size:  # checked for certain, not left to the checksum: such an id crashes training
+        return f"is corrupt (id {top}, outside the vocabulary of {vocab_size})"
+    if crcs != recorded.get("crc32"):
+        return "is corrupt (its checksum differs from the one recorded when it was built)"
+    return None
+
+
 def _write_tokens(path, encoding, key, tokenizer, tokens_file: Path, num_chars: int, dtype) -> None:
-    """Tokenize chunk by chunk into a temporary memory map, renamed into place when complete."""
+    """Tokenize chunk by chunk into a temporary file, renamed into place (after its check) when complete.
+
+    Plain writes, not a memory map: a full disk is then an OSError, not a SIGBUS that kills the process.
+    """
     handle, tmp = tempfile.mkstemp(dir=tokens_file.parent, suffix=".part")
-    os.close(handle)
     try:
-        out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(num_chars,))
-        position = 0
-        for chunk in codepoint_chunks(path, encoding, key):
-            ascii_ok = isinstance(chunk, bytes) and tokenizer.vocab_size < 255
-            ids = (
-                tokenizer.encode_ascii(chunk)
-                if ascii_ok
-                else tokenizer.encode_codepoints(_as_codepoints(chunk))
-            )
-            out[position : position + len(ids)] = ids
-            position += len(ids)
-        out.flush()
-        del out
+        with os.fdopen(handle, "wb") as out:
+            for chunk in codepoint_chunks(path, encoding, key):
+                ascii_ok = isinstance(chunk, bytes) and tokenizer.vocab_size < 255
+                ids = (
+                    tokenizer.encode_ascii(chunk)
+                    if ascii_ok
+                    else tokenizer.encode_codepoints(_as_codepoints(chunk))
+                )
+                out.write(ids.astype(dtype, copy=False))
+        if os.path.getsize(tmp) != num_chars * np.dtype(dtype).itemsize:
+            raise UserError(f"{key}: '{path}' changed while it was read; run again once nothing writes to it")
+        crcs, _ = tokens_checks(np.memmap(tmp, dtype=dtype, mode="r", shape=(num_chars,)))
+        write_json_atomic(_check_file(tokens_file), {"crc32": crcs})
         os.replace(tmp, tokens_file)
     finally:
         if os.path.exists(tmp):
