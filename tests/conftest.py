@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from tinytransformer import training
-from tinytransformer.cli import CONFIG_DIR, ROOT, compose_config, project_env
+from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
+from tinytransformer.overrides import compose_config
 
 # Two torch processes with 2 threads each thrash a 2-core machine; tests and their subprocesses use 1.
 torch.set_num_threads(1)
@@ -43,19 +45,45 @@ def compose_train(overrides: list[str], output_dir: Path):
     return cfg
 
 
-def run_cli(
-    script: str, *args: str, timeout: float = 300, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """Run scripts/<script> as a user would; 1 torch thread so it never fights the test process."""
+def start_cli(
+    script: str, *args: str, output=subprocess.DEVNULL, env: dict | None = None, stderr=None
+) -> subprocess.Popen:
+    """Start scripts/<script> as a user would, in the background, with 1 torch thread so it never fights
+    the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate())."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(
+    if stderr is None:
+        stderr = subprocess.STDOUT if output == subprocess.PIPE else output
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / script), *args],
-        capture_output=True,
+        stdout=output,
+        stderr=stderr,
         text=True,
-        timeout=timeout,
         env=full_env,
         cwd=ROOT,
     )
+
+
+def run_cli(
+    script: str, *args: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run scripts/<script> as a user would, to its end: its exit code, stdout and stderr."""
+    proc = start_cli(script, *args, output=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 120, what: str = "") -> None:
+    """Poll `condition()` while `proc` runs; fail if it ends first or `timeout` passes."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the process ended before {what or 'the condition held'}"
+        assert time.time() < deadline, f"timed out waiting for {what or 'the condition'}"
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import TINY_RUN, compose_train
+from tests.conftest import TINY_RUN, compose_train, run_cli
 from tests.test_resume import assert_same_state
 
 from tinytransformer import training
@@ -119,3 +119,11 @@ def test_val_check_interval_counts_optimizer_steps_not_micro_batches(accumulated
     events.Reload()
     # trainer.val_check_interval=20 over 20 steps of 2 micro-batches: one validation, at the last step.
     assert [e.step for e in events.Scalars("val/loss")] == [19]
+
+
+def test_the_cli_trains_with_accumulation_and_reports_the_effective_batch(tmp_path):
+    result = run_cli("train.py", *RUN, "trainer.max_steps=10", f"paths.log_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = tmp_path.glob("train/runs/*/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["effective_batch_size"], metrics["steps"], metrics["final_val_step"]) == (32, 10, 10)

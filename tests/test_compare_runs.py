@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from tinytransformer.compare import (
-    compare,
-    find_runs,
-    read_scalars,
-    short_label,
-    split_overrides,
-)
+from tinytransformer.compare import compare, find_runs, short_label, split_overrides
+from tinytransformer.curves import read_scalars
 from tinytransformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +125,11 @@ def test_failed_and_unfinished_runs_are_listed_under_the_table_not_in_it(sweep):
     text = compare(sweep)
     assert "- 4_model.dropout=0.9,seed=1: failed: CUDA out of memory" in text
     assert "- 5_optimizer.lr=10,seed=1: failed: non_finite_loss" in text
-    assert "- 6_model.dropout=0.3,seed=1: no results (running or killed)" in text
+    job_6 = sweep / "6_model.dropout=0.3,seed=1"
+    assert (
+        f"- 6_model.dropout=0.3,seed=1: killed: no process holds it and it did not finish (no validation yet); resume with: python scripts/train.py resume={job_6}"
+        in text
+    )
     settings = [row[0] for row in table_rows(text)]
     assert not {"dropout=0.9", "lr=10", "dropout=0.3"} & set(settings)
     assert "seed" not in "".join(settings)
@@ -187,3 +186,45 @@ def test_overrides_every_run_shares_are_named_once_under_the_table_not_in_each_r
     text = compare(tmp_path)
     assert [row[0] for row in table_rows(text)] == ["dropout=0.1", "dropout=0"]
     assert "all runs: model=tiny, max_steps=40" in text.splitlines()
+
+
+def hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding `run`'s lock as a training run does, until it is killed."""
+    code = (
+        "import sys, time; from tinytransformer.runs import lock_run_dir; lock_run_dir(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_finished_running_stopped_killed_and_failed_runs_are_told_apart(tmp_path):
+    running_metrics = results(1.1, status="running", final_val_step=200)
+    make_job(tmp_path, 0, ["seed=1"], metrics=results(1.2, status="finished"))
+    running = make_job(tmp_path, 1, ["seed=2"], metrics=running_metrics)
+    killed = make_job(tmp_path, 2, ["seed=3"], metrics=running_metrics)
+    stopped = make_job(
+        tmp_path, 3, ["seed=4"], metrics=results(1.0, status="interrupted", stop_reason="SIGTERM")
+    )
+    make_job(tmp_path, 4, ["seed=5"], failed="No space left on device")
+    holder = hold_lock(running)
+    try:
+        text = compare(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert table_rows(text)[0][1] == "1"  # only the finished run is in the table
+    problems = [line for line in text.splitlines() if line.startswith("- ")]
+    assert problems[0].startswith(
+        f"- 1_seed=2: running (its last validation was at step 200; held by pid {holder.pid} on "
+    )
+    assert problems[1:] == [
+        "- 2_seed=3: killed: no process holds it and it did not finish (its last validation was at step "
+        f"200); resume with: python scripts/train.py resume={killed}",
+        "- 3_seed=4: stopped by SIGTERM (its last validation was at step 400); resume with: python "
+        f"scripts/train.py resume={stopped}",
+        "- 4_seed=5: failed: No space left on device",
+    ]
+    # The holder is gone (killed): the kernel dropped its lock, so the same run now reads as killed.
+    assert "- 1_seed=2: killed: no process holds it" in compare(tmp_path)

@@ -3,14 +3,16 @@
 import functools
 import hashlib
 import http.server
+import os
 import re
 import socket
+import subprocess
 import threading
 
 import pytest
 
 from tinytransformer import corpora, tiny_world
-from tinytransformer.errors import UserError
+from tinytransformer.errors import UserError, WriteFailed
 
 SMALL_TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
@@ -152,6 +154,24 @@ def test_http_error_is_a_user_error_naming_the_url(served_dir, tmp_path):
     with pytest.raises(UserError, match=re.escape(f"could not download {url}: HTTP 404")):
         corpora.download_file(url, tmp_path / "cache" / "x.txt", "0" * 64)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_download_onto_a_full_disk_names_the_file_and_leaves_nothing(served_dir, tmp_path):
+    directory, base_url = served_dir
+    (directory / "input.txt").write_bytes(SMALL_TEXT * 4000)  # 260 kB
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(cache)], check=True)
+    try:
+        dest = cache / "tinyshakespeare.txt"
+        with pytest.raises(
+            WriteFailed, match=re.escape(f"cannot write {dest}: No space left on device (ENOSPC)")
+        ):
+            corpora.download_file(f"{base_url}/input.txt", dest, "0" * 64)
+        assert list(cache.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=True)
 
 
 def test_unreachable_server_is_a_user_error_naming_the_url(tmp_path):

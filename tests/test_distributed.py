@@ -9,16 +9,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
-from tinytransformer.cli import CONFIG_DIR, ROOT, compose_config, project_env
+from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.overrides import compose_config
 from tinytransformer.strategies import SpawnDDPStrategy, launch_settings
 
 # Long enough for the val loss to settle near 0.35 (from 3.3), so 2 % is well above the noise of the window
@@ -262,19 +262,8 @@ def test_submitit_local_runs_a_two_job_sweep(log_dir):
 
 def start_and_signal(args: list[str], log_dir: Path, sig: int) -> subprocess.Popen:
     """Start the CLI, send `sig` once it has written its first last.ckpt, wait for it to end."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    deadline = time.time() + 120
-    while not list(log_dir.rglob("last.ckpt")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
+    proc = start_cli("train.py", *args, output=subprocess.PIPE)
+    wait_until(lambda: list(log_dir.rglob("last.ckpt")), proc, what="its first checkpoint")
     proc.send_signal(sig)
     proc.output = proc.communicate(timeout=120)[0]
     return proc

@@ -10,10 +10,15 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, run_cli
 
+from tinytransformer.runs import LOCK
+
 
 def snapshot(root: Path) -> dict[str, str]:
+    """Every file's hash; run.lock left out: it names whichever process last held the run dir."""
     return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != LOCK
     }
 
 
@@ -60,7 +65,8 @@ TRAIN_CASES = {
     "block size 0": (["data.block_size=0"], ["data.block_size=0", ">= 1"]),
     "unknown precision": (["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16-mixed", "auto"]),
     "unknown preset": (["model=huge"], ["model=huge", "available: default, shakespeare, small, tiny"]),
-    "bad syntax": (["model.dropout=[0.1"], ["override"]),
+    "bad syntax": (["model dropout=0.1"], ["model dropout=0.1", "bad override syntax", "key=value"]),
+    "unbalanced bracket, taken as a string": (["model.dropout=[0.1"], ["model.dropout='[0.1'", "a number"]),
 }
 
 

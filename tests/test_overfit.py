@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import compose_train, run_cli
 
-from tinytransformer.compare import read_scalars
+from tinytransformer.curves import read_scalars
 from tinytransformer.training import format_summary, train
 
 

@@ -2,16 +2,12 @@
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests.conftest import TINY_RUN, run_cli
-
-from tinytransformer.cli import ROOT
+from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
 RUN = [
@@ -34,13 +30,9 @@ def only_run(log_dir: Path) -> Path:
 
 
 def start_and_kill(log_dir: Path, after_checkpoint_s: float) -> Path:
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), *RUN, f"paths.log_dir={log_dir}"]
-    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-    deadline = time.time() + 120
-    while not list(log_dir.glob("train/runs/*/*/checkpoints/last.ckpt")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
+    proc = start_cli("train.py", *RUN, f"paths.log_dir={log_dir}")
+    checkpointed = lambda: list(log_dir.glob("train/runs/*/*/checkpoints/last.ckpt"))  # noqa: E731
+    wait_until(checkpointed, proc, what="its first checkpoint")
     time.sleep(after_checkpoint_s)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

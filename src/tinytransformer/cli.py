@@ -6,18 +6,18 @@ or an out-of-range value costs one line and exit code 2, and never leaves a run 
 
 from __future__ import annotations
 
-import difflib
+import errno
 import os
-import re
 import sys
+import threading
 from pathlib import Path
 
 from tinytransformer import distributed, runs
-from tinytransformer.errors import EXIT_USER_ERROR, UserError
+from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
+from tinytransformer.overrides import compose_config, override_value, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "conf"
-_HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
 
 
 def register_resolvers() -> None:
@@ -43,52 +43,18 @@ def project_env() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
-def fail(message: str) -> None:
+def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(exit_code)
 
 
-def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -> str:
-    """Hydra's multi-line composition errors, as one line that names the override and the fix."""
-    text = str(err)
-    if m := re.search(r"Could not override '([^']+)'", text):
-        key = m.group(1)
-        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key), "?")
-        hint = _close_keys(key, config_dir, overrides)
-        return f"{key}={value}: no such config key{hint}; to add a new key on purpose use +{key}={value}"
-    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
-        group, option = m.groups()
-        options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-        return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines[:2])
-
-
-def _close_keys(key: str, config_dir: Path, overrides: list[str]) -> str:
-    from hydra import compose, initialize_config_dir
-
-    parent, _, leaf = key.rpartition(".")
-    good = [o for o in overrides if not o.startswith(key)]
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(
-                config_name="train", overrides=[o for o in good if "=" in o and "." not in o.split("=")[0]]
-            )
-        from omegaconf import OmegaConf
-
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        matches = difflib.get_close_matches(leaf, list(node.keys()), n=1) if node is not None else []
-    except Exception:
-        matches = []
-    return f" (did you mean {parent + '.' if parent else ''}{matches[0]}?)" if matches else ""
-
-
-def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
-    """(overrides, multirun, hydra_flag) of a command line."""
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    hydra_flag = any(a.split("=")[0] in _HYDRA_FLAGS for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
-    return overrides, multirun, hydra_flag
+def claim_output_dir(cfg, multirun: bool) -> None:
+    """Make the run dir (locked: one writer) or the sweep dir (checked writable) before Hydra does, so a
+    read-only or full disk, or a run dir in use, costs one line and no traceback."""
+    if multirun:
+        runs.check_writable(Path(cfg.hydra.sweep.dir))
+    else:
+        runs.lock_run_dir(cfg.hydra.run.dir)
 
 
 def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun: bool):
@@ -99,35 +65,6 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
 
         validate(cfg)
     return cfg
-
-
-def compose_config(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool):
-    """Compose like Hydra does (the first value of each sweep); errors become one-line UserErrors."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as err:
-        raise UserError(f"bad override syntax: {str(err).splitlines()[0]}") from None
-    single = [_first_value(o) if o.is_sweep_override() else o.input_line for o in parsed]
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose(config_name=config_name, overrides=single, return_hydra_config=with_hydra)
-    except Exception as err:
-        raise UserError(compose_error_line(err, overrides, config_dir)) from None
-
-
-def _first_value(override) -> str:
-    first = next(iter(override.sweep_string_iterator()))
-    return f"{override.get_key_element()}={first}"
-
-
-def override_value(overrides: list[str], key: str) -> str | None:
-    for o in overrides:
-        if o.split("=", 1)[0] == key and "=" in o:
-            return o.split("=", 1)[1] or None
-    return None
 
 
 def train_main() -> None:
@@ -145,6 +82,7 @@ def train_main() -> None:
         if resume:
             run_dir = runs.check_resumable(resume, multirun)
             runs.check_resume_overrides(overrides, CONFIG_DIR)
+            runs.lock_run_dir(run_dir)  # before Hydra writes its .hydra/resume-<time>/ there
             config_dir, config_name = run_dir / ".hydra", "config"
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
@@ -155,8 +93,14 @@ def train_main() -> None:
                 runs.refuse_existing_run(cfg.hydra.run.dir)
             if distributed.under_torchrun():  # one run dir for all ranks, written by rank 0
                 extra += distributed.torchrun_overrides(cfg, overrides + extra)
+            else:  # Hydra would compose `${now:...}` again: keep the dir that was checked here
+                extra += runs.pinned_dirs(cfg, overrides + extra)
+            if distributed.is_rank_zero():
+                claim_output_dir(cfg, multirun)
     except UserError as err:
-        fail(str(err))
+        fail(str(err), err.exit_code)
+    except OSError as err:
+        fail(os_error_line(err), EXIT_OS_ERROR)
     config = [f"--config-path={config_dir}", f"--config-name={config_name}"]
     if hydra_flag:
         sys.argv = [sys.argv[0], *argv, *extra, *config]
@@ -189,7 +133,9 @@ def generate_main() -> None:
         cfg = compose_cli("generate", sys.argv[1:])
         samples = generate_samples(cfg)
     except UserError as err:
-        fail(str(err))
+        fail(str(err), err.exit_code)
+    except OSError as err:  # e.g. the token cache of the data it evaluates on
+        fail(os_error_line(err), EXIT_OS_ERROR)
     for i, text in enumerate(samples):
         if len(samples) > 1:
             print(f"--- sample {i + 1} ---")
@@ -207,7 +153,9 @@ def evaluate_main() -> None:
         cfg = compose_cli("evaluate", sys.argv[1:])
         results = evaluate_checkpoint(cfg)
     except UserError as err:
-        fail(str(err))
+        fail(str(err), err.exit_code)
+    except OSError as err:  # e.g. the token cache of the data it evaluates on
+        fail(os_error_line(err), EXIT_OS_ERROR)
     print(json.dumps(results, indent=2))
 
 
@@ -221,11 +169,13 @@ def _hydra_train(cfg) -> float | None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from tinytransformer.callbacks.processes import isolated_job
     from tinytransformer.callbacks.resume import RunInterrupted
     from tinytransformer.module import NonFiniteLoss
     from tinytransformer.training import train
 
     log = logging.getLogger("tinytransformer")
+    threading.excepthook = _quiet_os_errors_in_threads
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -239,7 +189,15 @@ def _hydra_train(cfg) -> float | None:
     if not multirun and rank_zero:
         log.info(OmegaConf.to_yaml(cfg, resolve=False))
     try:
-        results = train(cfg, output_dir, ckpt_path=ckpt)
+        if rank_zero:
+            runs.lock_run_dir(output_dir)  # a sweep job's own dir (a single run's was locked before Hydra)
+            if ckpt:
+                runs.clear_failure(output_dir)
+        with isolated_job():
+            results = train(cfg, output_dir, ckpt_path=ckpt)
+    except OSError as err:
+        _write_failed(err, output_dir, hc.job.num if multirun else None, Path(hc.sweep.dir))
+        return None
     except RunInterrupted as err:
         if rank_zero:
             log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
@@ -260,7 +218,39 @@ def _hydra_train(cfg) -> float | None:
         runs.record_failure(output_dir, f"{type(err).__name__}: {err}")
         log.error(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
         return None
+    finally:
+        runs.release_run_dir(output_dir)
     return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
+
+
+def _quiet_os_errors_in_threads(args) -> None:
+    """A failed write in a writer thread (TensorBoard's) reaches the run at its next write, which reports
+    it in one line: no thread traceback before it."""
+    if not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
+
+
+def _write_failed(err: OSError, output_dir: Path, job: int | None, sweep_dir: Path) -> None:
+    """A write failed (disk full, read-only, permissions): one line. A sweep job (`job` is its number) is
+    recorded as failed, and the sweep goes on only if the next job can write."""
+    import logging
+
+    if err.filename is None:  # e.g. TensorBoard's writer, which does not say which file
+        err.filename = str(output_dir)
+    line = os_error_line(err)
+    disk_full = err.errno in (errno.ENOSPC, errno.EDQUOT)  # the next job would fill it up again
+    try:
+        runs.record_failure(output_dir, line)
+        if job is not None and not disk_full:
+            runs.check_writable(sweep_dir)
+            logging.getLogger("tinytransformer").error(f"job {job} failed: {line}")
+            return
+    except OSError:  # the next job could not write either
+        pass
+    if job is not None:
+        line += f"; the sweep stopped at job {job}"
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(EXIT_OS_ERROR)
 
 
 def _drop_file_handlers(logger) -> None:

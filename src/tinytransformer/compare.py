@@ -12,16 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from tinytransformer.errors import UserError, exit_on_user_error
-from tinytransformer.runs import FAILED
+from tinytransformer.curves import plot_curves
+from tinytransformer.errors import UserError, WriteFailed, exit_on_user_error, os_error_line
+from tinytransformer.runs import (
+    FAILED,
+    FAILED_FILE,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    is_locked,
+    lock_holder,
+    write_atomic,
+)
 
 METRICS = "metrics.json"
 REPORT = "comparison.md"
 CURVES = "val_curves.png"
-CURVE_TAG = "val/bpc"
+KILLED = "killed"  # not finished, and no process holds the run dir: resume it
 # Keys that say where a run was written, not what it trained: they never make a setting.
 _PATH_KEYS = ("paths.", "hydra.", "resume")
 _SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "data.augment.", "callbacks.early_stopping.")
@@ -40,7 +49,7 @@ _COLUMNS = (
 
 @dataclass
 class RunRecord:
-    """One run dir: its setting, its seed, and its results (metrics) or why it has none (failure)."""
+    """One run dir: its setting, its seed, its results (metrics) or why it has none (failure), its state."""
 
     name: str
     dir: Path
@@ -48,11 +57,25 @@ class RunRecord:
     seed: str | None
     metrics: dict[str, Any] | None
     failure: str | None
+    status: str = FINISHED  # runs.FINISHED | RUNNING | INTERRUPTED | FAILED, or KILLED
 
     @property
     def finished(self) -> bool:
-        """Has a validated result and did not fail: it belongs in the table."""
-        return self.failure is None and self.metrics is not None
+        """Ran to its end, validated at its last step: it belongs in the table."""
+        return self.status == FINISHED and self.metrics is not None
+
+    def state_line(self) -> str:
+        """Why the run is not in the table, in one line."""
+        step = (self.metrics or {}).get("final_val_step") or (self.metrics or {}).get("best_step")
+        results = f"its last validation was at step {step}" if step is not None else "no validation yet"
+        resume = f"resume with: python scripts/train.py resume={self.dir}"
+        if self.status == FAILED:
+            return f"failed: {self.failure}"
+        if self.status == RUNNING:
+            return f"running ({results}; held by {lock_holder(self.dir)})"
+        if self.status == INTERRUPTED:
+            return f"stopped by {self.metrics.get('stop_reason')} ({results}); {resume}"
+        return f"killed: no process holds it and it did not finish ({results}); {resume}"
 
 
 @dataclass
@@ -102,16 +125,30 @@ def load_run(run_dir: Path, name: str | None = None) -> RunRecord:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
     setting, seed = split_overrides(overrides or [])
     try:
-        metrics, failed = _read_json(run_dir / METRICS), _read_json(run_dir / FAILED)
+        metrics, failed = _read_json(run_dir / METRICS), _read_json(run_dir / FAILED_FILE)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return RunRecord(name, run_dir, setting, seed, None, f"unreadable results file: {err}")
     failure = str(failed.get("reason", "unknown")) if failed is not None else None
     stop_reason = str((metrics or {}).get("stop_reason", ""))
     if failure is None and stop_reason.startswith("non_finite"):
         failure = stop_reason
+    status = run_status(run_dir, metrics, failure)
     if metrics is not None and not math.isfinite(metrics.get("best_val_loss", math.inf)):
         metrics = None  # metrics.json from before the first validation: nothing to compare yet
-    return RunRecord(name, run_dir, setting, seed, metrics, failure)
+    return RunRecord(name, run_dir, setting, seed, metrics, failure, status)
+
+
+def run_status(run_dir: Path, metrics: dict[str, Any] | None, failure: str | None) -> str:
+    """Finished, running (a live process holds the run dir's lock), stopped by a signal, failed or killed."""
+    if failure is not None:
+        return FAILED
+    if is_locked(run_dir):
+        return RUNNING
+    status = (metrics or {}).get("status")
+    if status is None and metrics is not None:  # written before metrics.json had a status
+        stop_reason = str(metrics.get("stop_reason", ""))
+        status = INTERRUPTED if stop_reason.startswith("SIG") else FINISHED if stop_reason else None
+    return status if status in (FINISHED, INTERRUPTED) else KILLED
 
 
 def _natural_key(path: Path) -> list:
@@ -205,67 +242,10 @@ def report(runs: list[RunRecord], groups: list[SettingGroup], shared: tuple[str,
     floor = entropy_floor(groups)
     if floor is not None:
         lines += ["", f"entropy floor: {floor:.4f} bits/char"]
-    problems = [
-        f"- {r.name}: failed: {r.failure}" if r.failure else f"- {r.name}: no results (running or killed)"
-        for r in runs
-        if not r.finished
-    ]
+    problems = [f"- {r.name}: {r.state_line()}" for r in runs if not r.finished]
     if problems:
         lines += ["", *problems]
     return "\n".join(lines)
-
-
-def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of a TensorBoard scalar over all the run's event files; a repeated step keeps the last."""
-    # Imported here: finding runs and printing the table (and every error) need no TensorBoard.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[int, float] = {}
-    # Event file names start with their creation time, so a resumed run's newer file is read last.
-    for file in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"), key=lambda p: p.name):
-        events = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            values.update((e.step, e.value) for e in events.Scalars(tag))
-    return sorted(values.items())
-
-
-def setting_curve(group: SettingGroup, tag: str = CURVE_TAG) -> tuple[np.ndarray, ...] | None:
-    """(steps, mean, min, max) over the group's runs at the steps every run logged; None if there are none."""
-    curves = [dict(read_scalars(r.dir, tag)) for r in group.runs]
-    curves = [c for c in curves if c]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    if not steps:
-        return None
-    values = np.array([[c[s] for s in steps] for c in curves])  # (runs, steps)
-    return np.array(steps), values.mean(0), values.min(0), values.max(0)
-
-
-def plot_curves(groups: list[SettingGroup], path: Path, floor: float | None) -> None:
-    """Val bits/char vs step, one line per setting (min-max band over seeds), to a PNG at `path`."""
-    # A bare Figure draws with Agg and leaves pyplot's global backend alone (safe inside a notebook).
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for g in groups:
-        curve = setting_curve(g)
-        if curve is None:
-            continue
-        steps, mean, low, high = curve
-        # Markers: a run with a single validation still shows up.
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{g.label} (n={len(g.runs)})")
-        if len(g.runs) > 1:
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    if floor is not None:
-        ax.axhline(floor, color="black", linestyle="--", linewidth=1, label=f"entropy floor {floor:.4f}")
-    ax.set(xlabel="step", ylabel="val bits/char", title=f"val bits/char by setting: {path.parent.name}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def compare(root: str | Path) -> str:
@@ -279,8 +259,12 @@ def compare(root: str | Path) -> str:
     shared = drop_shared_overrides(runs)
     groups = group_by_setting(runs)
     text = report(runs, groups, shared)
-    (root / REPORT).write_text(text + "\n")
-    plot_curves(groups, root / CURVES, entropy_floor(groups))
+    try:
+        write_atomic(root / REPORT, (text + "\n").encode())
+        plot_curves(groups, root / CURVES, entropy_floor(groups))
+    except OSError as err:
+        fix = f"{REPORT} and {CURVES} go into the dir compared: make it writable, or compare a copy of it"
+        raise WriteFailed(os_error_line(err, fix=fix)) from None
     return text
 
 

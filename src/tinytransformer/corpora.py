@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tinytransformer import tiny_world
-from tinytransformer.errors import UserError
+from tinytransformer.errors import UserError, WriteFailed, os_error_line
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -142,10 +142,10 @@ def download_file(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) ->
         # A temporary file in the same directory makes the final rename atomic: no partial file is cached.
         handle, temporary = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as err:
-        raise UserError(f"data.cache_dir: cannot write to '{dest.parent}' ({err.strerror}); {fix}") from err
+        raise WriteFailed(os_error_line(err, fix=f"set paths.cache_dir=<a writable dir>, or {fix}")) from None
     try:
-        with os.fdopen(handle, "wb") as out:
-            actual = _copy_url(url, out, timeout_s, fix)
+        with os.fdopen(handle, "wb", buffering=0) as out:  # unbuffered: a full disk fails in _write
+            actual = _copy_url(url, out, timeout_s, fix, dest)
         if actual != sha256:
             raise UserError(
                 f"download of {url} has sha256 {actual}, expected {sha256}; "
@@ -158,17 +158,28 @@ def download_file(url: str, dest: Path, sha256: str, timeout_s: float = 60.0) ->
     return dest
 
 
-def _copy_url(url: str, out: BinaryIO, timeout_s: float, fix: str) -> str:
-    """Stream `url` into the open file `out`; returns the sha256 of what was written."""
+def _copy_url(url: str, out: BinaryIO, timeout_s: float, fix: str, dest: Path) -> str:
+    """Stream `url` into the open file `out` (becoming `dest`); returns the sha256 of what was written."""
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             while chunk := response.read(1 << 16):
                 digest.update(chunk)
-                out.write(chunk)
+                _write(out, chunk, dest, fix)
     except urllib.error.HTTPError as err:
         raise UserError(f"could not download {url}: HTTP {err.code} {err.reason}; {fix}") from err
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         raise UserError(f"could not download {url}: {reason}; check the network or {fix}") from err
     return digest.hexdigest()
+
+
+def _write(out: BinaryIO, chunk: bytes, dest: Path, fix: str) -> None:
+    """A failed write (a full disk) is no network error: it gets its own line."""
+    try:
+        out.write(chunk)
+    except OSError as err:
+        err.filename = str(dest)
+        raise WriteFailed(
+            os_error_line(err, fix=f"free space or set paths.cache_dir=<dir>, or {fix}")
+        ) from None

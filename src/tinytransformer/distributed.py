@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tinytransformer.errors import UserError
+from tinytransformer.runs import quoted
 
 # Strategies for which Lightning starts ranks 1..N-1 by running this command line again.
 RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
@@ -92,7 +93,7 @@ def torchrun_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
                 store.set(f"tinytransformer/{key}", dirs[key])
             else:
                 dirs[key] = store.get(f"tinytransformer/{key}").decode()
-    shared = [f"{key}={_quoted(value)}" for key, value in dirs.items()]
+    shared = [f"{key}={quoted(value)}" for key, value in dirs.items()]
     return shared if rank_zero else [*shared, *QUIET_RANK_OVERRIDES]
 
 
@@ -108,11 +109,6 @@ def _torchrun_store(is_master: bool) -> Any:
         timeout=timedelta(minutes=5),
         multi_tenant=True,
     )
-
-
-def _quoted(value: str) -> str:
-    """A Hydra override value that stays one value (a path with `,` or `=` would not)."""
-    return "'" + value.replace("'", "\\'") + "'"
 
 
 def launcher_world() -> tuple[int, int] | None:

@@ -5,8 +5,12 @@ Light on purpose (no Lightning import): the command line checks run dirs before 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,19 +20,39 @@ import yaml
 from tinytransformer.errors import UserError
 
 LAST = "last.ckpt"  # the checkpoint a run resumes from
-FAILED = "failed.json"  # {"status": "failed", "reason": ...}: a job that could not finish
+FAILED_FILE = "failed.json"  # {"status": "failed", "reason": ...}: a job that could not finish
 METRICS = "metrics.json"  # the run's summary
+LOCK = "run.lock"  # held (an OS lock) by the process that writes the run dir
+# metrics.json's `status`: a run that is going (or was killed: then no process holds its lock), one stopped
+# by a signal (resumable), one that raised, and one whose fit, final validation and test all completed.
+RUNNING, INTERRUPTED, FAILED, FINISHED = "running", "interrupted", "failed", "finished"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename: a kill or a full disk mid-write leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException as err:  # no half-written temporary file stays behind
+        with contextlib.suppress(OSError):  # a read-only file system refuses even this
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            err.filename = str(path)  # the file the user knows (a failed write() names none)
+        raise
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temporary file + rename: a kill mid-write leaves the previous file intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def record_failure(output_dir: Path, reason: str) -> None:
-    write_json_atomic(output_dir / FAILED, {"status": "failed", "reason": reason})
+    write_json_atomic(output_dir / FAILED_FILE, {"status": FAILED, "reason": reason})
+
+
+def clear_failure(output_dir: Path) -> None:
+    """A run continued after a failure (resumed, or requeued) is no longer a failed run."""
+    (Path(output_dir) / FAILED_FILE).unlink(missing_ok=True)
 
 
 def sweep_job_name(
@@ -43,7 +67,7 @@ def sweep_job_name(
     Swept keys are those of hydra.sweeper.params, and those given several values on the command line (as
     the sweep's multirun.yaml records them; not every sweeper writes one). Without any, the name is
     `all_overrides` (Hydra's override_dirname). Cut to `max_chars`: file names have a length limit, and
-    the job number in front keeps names unique.
+    the job number in front keeps names unique. A `/` (a swept path) becomes `_`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -53,7 +77,8 @@ def sweep_job_name(
     parsed = OverridesParser.create().parse_overrides(list(command_line))
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
     named = sorted(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
-    return (",".join(named) if named else all_overrides)[:max_chars]
+    name = ",".join(named) if named else all_overrides
+    return name.replace("/", "_")[:max_chars]  # a swept path must not make a dir of its own
 
 
 def check_resumable(path: str, multirun: bool) -> Path:
@@ -117,3 +142,105 @@ def refuse_existing_run(run_dir: str) -> None:
         raise UserError(
             f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir} or choose a new dir"
         )
+
+
+# Run dirs this process holds, path -> open lock file. The kernel drops an flock when its holder dies, so a
+# SIGKILLed run leaves no stale lock; the file itself stays, naming its last holder.
+_held: dict[Path, object] = {}
+
+
+def lock_run_dir(run_dir: str | Path) -> None:
+    """Make `run_dir` (if need be) and hold its lock for this process; refuse if another process holds it.
+
+    Only the process that writes a run dir takes the lock: DDP ranks > 0 and the processes ddp_spawn starts
+    never call this, and a SLURM requeue or a resumed run finds the lock free once the old process is gone.
+    """
+    path = Path(run_dir).resolve()
+    if path in _held:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / LOCK, "a+")  # noqa: SIM115 (held open: the lock lives as long as the file is open)
+    for attempt in range(5):  # a reader (compare_runs) may hold a shared lock for a moment
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 4:
+                holder = lock_holder_text(handle)
+                handle.close()
+                raise UserError(
+                    f"{path} is in use by {holder}; wait for that run to end (or stop it), or write to another dir"
+                ) from None
+            time.sleep(0.1)
+    since = datetime.now().astimezone().isoformat(timespec="seconds")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}) + "\n")
+    handle.flush()
+    _held[path] = handle
+
+
+def lock_holder_text(handle) -> str:
+    """`pid 123 on host since <time>`, from an open lock file."""
+    handle.seek(0)
+    try:
+        info = json.loads(handle.read() or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+
+
+def lock_holder(run_dir: str | Path) -> str:
+    """Who holds (or last held) `run_dir`'s lock."""
+    try:
+        with (Path(run_dir) / LOCK).open("r") as handle:
+            return lock_holder_text(handle)
+    except OSError:
+        return "an unknown process"
+
+
+def release_run_dir(run_dir: str | Path) -> None:
+    """Let go of a run dir's lock (a sweep's next job, in the same process, takes its own)."""
+    handle = _held.pop(Path(run_dir).resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a live process holds `run_dir`'s lock (that run is still going)."""
+    lock = Path(run_dir) / LOCK
+    if Path(run_dir).resolve() in _held:
+        return True
+    try:
+        with lock.open("r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def pinned_dirs(cfg, overrides: list[str]) -> list[str]:
+    """`hydra.run.dir=...` and `hydra.sweep.dir=...` as composed now (unless given), for Hydra to keep."""
+    from omegaconf import OmegaConf
+
+    given = {o.split("=", 1)[0] for o in overrides}
+    keys = [key for key in ("hydra.run.dir", "hydra.sweep.dir") if key not in given]
+    return [f"{key}={quoted(str(OmegaConf.select(cfg, key)))}" for key in keys]
+
+
+def quoted(value: str) -> str:
+    """A Hydra override value that stays one value (a path with `,` or `=` would not)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def check_writable(directory: Path) -> None:
+    """Make `directory` and write a file in it, so a write that cannot succeed fails here, in one line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-check-{os.getpid()}"
+    try:
+        probe.write_bytes(b"x" * 4096)  # a full disk may still take an empty file
+    finally:
+        probe.unlink(missing_ok=True)

@@ -14,14 +14,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from tinytransformer.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
-from tinytransformer.callbacks.processes import ProcessSetup, log_lightning_via_root
-from tinytransformer.callbacks.resume import LastCheckpoint
+from tinytransformer.callbacks.processes import ProcessSetup, job_start_time, log_lightning_via_root
+from tinytransformer.callbacks.resume import AtomicCheckpointIO, LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.distributed import is_rank_zero
 from tinytransformer.module import LanguageModel
 from tinytransformer.optim import resume_schedule
+from tinytransformer.runs import FINISHED
 from tinytransformer.strategies import launch_settings
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     if on_gpu(kwargs["accelerator"]):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
+    launch = launch_settings(kwargs)
+    launch["plugins"] = [*launch.get("plugins", []), AtomicCheckpointIO()]
     trainer = L.Trainer(
-        default_root_dir=str(output_dir),
-        callbacks=callbacks,
-        logger=loggers or False,
-        **launch_settings(kwargs),
+        default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False, **launch
     )
     world_size = trainer.num_devices * trainer.num_nodes
     for summary in (c for c in callbacks if isinstance(c, RunSummary)):
@@ -167,7 +167,7 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     dm.setup("fit")
     module = build_module(cfg, dm, ckpt)
     del ckpt  # fit() loads it again: no second copy of the weights is held while training
-    summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))
+    summary = RunSummary(output_dir / "metrics.json", run_facts(cfg, dm, module), started=job_start_time())
     callbacks = build_callbacks(cfg, output_dir, summary)
     trainer = build_trainer(cfg, output_dir, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
@@ -180,6 +180,7 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     summary.static.update(
         {k: v for k, v in results.items() if k.startswith("test_") or k == "best_ckpt_path"}
     )
+    summary.state["status"] = results["status"] = FINISHED
     summary.write(trainer)
     if trainer.is_global_zero:
         log.info(format_summary(results, output_dir))

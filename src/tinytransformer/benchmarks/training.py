@@ -30,10 +30,11 @@ from tinytransformer.benchmarks.machine import (
 )
 from tinytransformer.benchmarks.plain_loop import Segment, plain_recipe, plain_round
 from tinytransformer.callbacks import RunSummary
-from tinytransformer.cli import CONFIG_DIR, ROOT, compose_config, project_env
+from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
+from tinytransformer.overrides import compose_config
 from tinytransformer.training import (
     build_callbacks,
     build_datamodule,

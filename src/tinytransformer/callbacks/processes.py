@@ -1,13 +1,20 @@
-"""Per-process settings that every DDP rank needs, the processes Lightning spawned included."""
+"""Per-process settings: what every DDP rank needs (the processes Lightning spawned included), and what
+each job of a sweep run in one process must find as the first job did."""
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import torch
+
+from tinytransformer.callbacks.summary import process_start_time
 
 
 def log_lightning_via_root() -> None:
@@ -37,3 +44,28 @@ class ProcessSetup(L.Callback):
             else:
                 logging.basicConfig(level=logging.INFO, format="%(message)s")
             log_lightning_via_root()
+
+
+@contextmanager
+def isolated_job() -> Iterator[None]:
+    """Restore what a job sets process-wide (threads, matmul precision, compiled graphs) when it ends:
+    the basic launcher runs a sweep's jobs one after another in one process, each must start alike."""
+    global _jobs_started
+    _jobs_started += 1
+    threads, matmul_precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(matmul_precision)
+        if "torch._dynamo" in sys.modules:  # only a compiled job loaded it
+            torch._dynamo.reset()
+
+
+_jobs_started = 0
+
+
+def job_start_time() -> float | None:
+    """When this job started: the process's start for its first job (imports count, as a user waits for
+    them), now for a sweep's later jobs in the same process."""
+    return process_start_time() if _jobs_started <= 1 else time.time()

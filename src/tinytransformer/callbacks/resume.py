@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tinytransformer.runs import LAST
+from tinytransformer.runs import LAST, write_atomic
 
 # SIGUSR2: SLURM's notice before a time limit (submitit's --signal), after which submitit requeues the job.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
@@ -18,8 +22,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 class RunInterrupted(Exception):
     """A stop signal arrived: last.ckpt was saved and the run stops; resume it with `resume=<run dir>`."""
 
-    def __init__(self, signal_name: str, step: int, path: Path):
-        super().__init__(f"{signal_name}: saved {path} at step {step}")
+    def __init__(self, signal_name: str, step: int, path: Path, validated: bool = False):
+        checked = (
+            "validated at the stop"
+            if validated
+            else "not validated at the stop: metrics.json holds the last validation before it"
+        )
+        super().__init__(f"{signal_name}: saved {path} at step {step} ({checked})")
         self.stop_reason, self.step, self.path = signal_name, step, path
 
     @property
@@ -57,22 +66,27 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop._should_accumulate():
             return
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # A stop request makes Lightning validate after this step (once, also on a validation step),
+            # so every run's results describe its final weights. max_time and a sample-quality stop set
+            # it too; Lightning runs this callback after the others.
+            trainer.should_stop = True
         if trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.check_finite()
         if not validation_follows(trainer):
-            self._at_resume_point(trainer, pl_module)
+            self._at_resume_point(trainer, pl_module, validated=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._at_resume_point(trainer, pl_module)
+            self._at_resume_point(trainer, pl_module, validated=True)
 
-    def _at_resume_point(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _at_resume_point(self, trainer: L.Trainer, pl_module: L.LightningModule, validated: bool) -> None:
         stop = self.signal_received is not None
         if trainer.world_size > 1:  # all ranks must stop together; agree every 10 steps, not every step
             stop = trainer.global_step % 10 == 0 and trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             self.save(trainer, pl_module)
-            raise RunInterrupted(self.signal_received or "SIGTERM", trainer.global_step, self.path)
+            raise RunInterrupted(self.signal_received or "SIGTERM", trainer.global_step, self.path, validated)
         if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer, pl_module)
 
@@ -103,8 +117,29 @@ class LastCheckpoint(Checkpoint):
 
 
 def validation_follows(trainer: L.Trainer) -> bool:
-    """Whether Lightning validates right after the current training step (int val_check_interval)."""
+    """Whether Lightning validates right after the current training step: at int val_check_interval
+    steps, and when the run is asked to stop (see on_train_batch_end)."""
     every = trainer.val_check_batch
-    if not trainer.enable_validation or not isinstance(every, int) or every <= 0:
+    if not trainer.enable_validation:
+        return False
+    if trainer.should_stop:
+        return True
+    if not isinstance(every, int) or every <= 0:
         return False
     return (trainer.global_step * trainer.accumulate_grad_batches) % every == 0
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint (last.ckpt, best-*.ckpt) goes to a temporary file beside its target, then is renamed
+    over it: a full disk or a kill mid-write leaves the previous checkpoint whole and no temporary file.
+
+    Lightning's own save writes to a temporary file in /tmp and moves it into place; across two file
+    systems that move is a copy, which a full disk cuts short, leaving a partial checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, buffer.getvalue())

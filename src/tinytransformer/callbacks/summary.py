@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinytransformer.runs import write_json_atomic
+from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
 
 LN2 = math.log(2)
 
@@ -23,10 +24,11 @@ class RunSummary(L.Callback):
     Its state is saved in checkpoints, so a resumed run's summary is that of an uninterrupted run.
     """
 
-    def __init__(self, path: str | Path, static: dict[str, Any] | None = None):
+    def __init__(self, path: str | Path, static: dict[str, Any] | None = None, started: float | None = None):
         self.path = Path(path)
         self.static = dict(static or {})  # known before training: vocab_size, params, entropy floor...
         self.state: dict[str, Any] = {}
+        self.started = started  # when the job started (time.time()), for startup_s
         self._fit_start: float | None = None
         self._start_step = 0
 
@@ -39,10 +41,12 @@ class RunSummary(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
         self.state.pop("stop_reason", None)
+        self.state["status"] = RUNNING
+        self.static["threads"] = torch.get_num_threads()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
-        if "startup_s" not in self.static and (started := process_start_time()) is not None:
-            self.static["startup_s"] = round(time.time() - started, 2)  # command -> first training step
+        if "startup_s" not in self.static and self.started is not None:
+            self.static["startup_s"] = round(time.time() - self.started, 2)  # job start -> first step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -50,7 +54,9 @@ class RunSummary(L.Callback):
         m = trainer.callback_metrics
         step = trainer.global_step
         val_loss = float(m["val/loss"])
-        self.state.update(final_val_loss=val_loss, final_val_bpc=float(m["val/bpc"]), steps=step)
+        self.state.update(
+            final_val_loss=val_loss, final_val_bpc=float(m["val/bpc"]), steps=step, final_val_step=step
+        )
         if "train/loss_avg" in m:
             self.state["final_train_loss"] = float(m["train/loss_avg"])
             self.state["final_train_bpc"] = float(m["train/bpc_avg"])
@@ -72,6 +78,7 @@ class RunSummary(L.Callback):
     ) -> None:
         self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
         self.state["steps"] = trainer.global_step
+        self.state["status"] = INTERRUPTED if hasattr(exception, "exit_code") else FAILED
         self.write(trainer)
 
     def summary(self) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""Command-line overrides: parsed (values Hydra's lexer refuses unquoted are quoted for it), composed like
+Hydra composes them, and every composition error turned into one line that names the override and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from tinytransformer.errors import UserError
+
+_HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+
+
+def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -> str:
+    """Hydra's multi-line composition errors, as one line that names the override and the fix."""
+    text = str(err)
+    if m := re.search(r"Could not override '([^']+)'", text):
+        key = m.group(1)
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key), "?")
+        hint = _close_keys(key, config_dir, overrides)
+        return f"{key}={value}: no such config key{hint}; to add a new key on purpose use +{key}={value}"
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = m.groups()
+        options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:2])
+
+
+def _close_keys(key: str, config_dir: Path, overrides: list[str]) -> str:
+    from hydra import compose, initialize_config_dir
+
+    parent, _, leaf = key.rpartition(".")
+    good = [o for o in overrides if not o.startswith(key)]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(
+                config_name="train", overrides=[o for o in good if "=" in o and "." not in o.split("=")[0]]
+            )
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        matches = difflib.get_close_matches(leaf, list(node.keys()), n=1) if node is not None else []
+    except Exception:
+        matches = []
+    return f" (did you mean {parent + '.' if parent else ''}{matches[0]}?)" if matches else ""
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, hydra_flag) of a command line."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    hydra_flag = any(a.split("=")[0] in _HYDRA_FLAGS for a in argv)
+    overrides = [quote_if_needed(a) for a in argv if not a.startswith("-")]
+    return overrides, multirun, hydra_flag
+
+
+def quoted_override(override: str) -> str | None:
+    """`key='value'`, quoted and escaped as Hydra's grammar wants; None if `override` has no value."""
+    key, sep, value = override.partition("=")
+    if not sep or not value:
+        return None
+    # In a quoted value a backslash escapes only a quote or the backslashes right before one.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"{key}='{escaped}'"
+
+
+def quote_if_needed(override: str) -> str:
+    """An override as given if Hydra parses it, else quoted when that parses (e.g. `prompt=привет`: Hydra's
+    lexer takes non-ASCII letters only inside quotes); otherwise as given, for the error to name it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parser.parse_override(override)
+        return override
+    except Exception:
+        quoted = quoted_override(override)
+    try:
+        if quoted is not None:
+            parser.parse_override(quoted)
+            return quoted
+    except Exception:
+        pass
+    return override
+
+
+def compose_config(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool):
+    """Compose like Hydra does (the first value of each sweep); errors become one-line UserErrors."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception as err:
+            reason = str(err).splitlines()[0]
+            raise UserError(f"{override}: bad override syntax ({reason}); {_syntax_fix(override)}") from None
+    parsed = parser.parse_overrides(overrides)
+    single = [_first_value(o) if o.is_sweep_override() else o.input_line for o in parsed]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name=config_name, overrides=single, return_hydra_config=with_hydra)
+    except Exception as err:
+        raise UserError(compose_error_line(err, overrides, config_dir)) from None
+
+
+def _syntax_fix(override: str) -> str:
+    """What to write instead; quote_if_needed has already tried quoting the value."""
+    key = override.partition("=")[0].lstrip("+~")
+    if "=" not in override or not re.fullmatch(r"[\w./@-]+", key):
+        return "write key=value, with a key such as model.dropout"
+    return f"quote the value for the shell and for Hydra: \"{key}='<value>'\" (\\' for a quote inside it)"
+
+
+def _first_value(override) -> str:
+    first = next(iter(override.sweep_string_iterator()))
+    return f"{override.get_key_element()}={first}"
+
+
+def override_value(overrides: list[str], key: str) -> str | None:
+    for o in overrides:
+        if o.split("=", 1)[0] == key and "=" in o:
+            return o.split("=", 1)[1] or None
+    return None
