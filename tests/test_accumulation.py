@@ -121,6 +121,15 @@ def test_val_check_interval_counts_optimizer_steps_not_micro_batches(accumulated
     assert [e.step for e in events.Scalars("val/loss")] == [19]
 
 
+def test_per_step_callbacks_act_once_per_optimizer_step_not_per_micro_batch(accumulated_run):
+    out, _ = accumulated_run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    # trainer.log_every_n_steps=10 and samples every 20 steps, over 20 steps of 2 micro-batches each.
+    assert [e.step for e in events.Scalars("train/lr")] == [10, 20]
+    assert [e.step for e in events.Scalars("sample/word_share")] == [20]
+
+
 def test_the_cli_trains_with_accumulation_and_reports_the_effective_batch(tmp_path):
     result = run_cli("train.py", *RUN, "trainer.max_steps=10", f"paths.log_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]

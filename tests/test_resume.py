@@ -6,8 +6,11 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+
+from tinytransformer.callbacks.hparams import mark_restart
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
 RUN = [
@@ -79,6 +82,29 @@ def test_sigkilled_run_resumes_to_the_same_weights_optimizer_and_metrics(tmp_pat
         return [e.step for e in events.Scalars("train/loss")], [e.value for e in events.Scalars("val/loss")]
 
     assert steps(killed) == steps(uninterrupted)
+
+
+def test_a_restart_mark_hides_the_killed_runs_steps_from_the_resumed_step_on(tmp_path):
+    killed = TensorBoardLogger(tmp_path, name="", version="")
+    for step in range(1, 9):
+        killed.log_metrics({"train/loss": 1.0}, step=step)
+    killed.finalize("failed")
+    # TensorBoard reads a run's event files in name order, which starts with the creation second (the
+    # killed run's is older in a real resume; here both could be created in the same second).
+    (killed_file,) = tmp_path.glob("events.out.tfevents.*")
+    killed_file.rename(tmp_path / "events.out.tfevents.0000000000.killed")
+
+    resumed = TensorBoardLogger(tmp_path, name="", version="")
+    resumed.experiment  # noqa: B018 (Lightning opens the event file at setup, before on_train_start marks it)
+    mark_restart(resumed, 6)
+    for step in range(6, 11):
+        resumed.log_metrics({"train/loss": 2.0}, step=step)
+    resumed.finalize("success")
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    shown = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert shown == [(step, 1.0) for step in range(1, 6)] + [(step, 2.0) for step in range(6, 11)]
 
 
 def test_resume_keeps_the_earlier_config_files(tmp_path):

@@ -5,6 +5,10 @@ waits; Lightning sends back the weights, the best checkpoint path and the logged
 callbacks' state, so the run's summary (best/final losses, stop reason, speed) would be lost. Our
 `SpawnDDPStrategy` sends that back too, hands Ctrl-C and SIGTERM on to the workers (which save last.ckpt and
 stop), and keeps the main process's idle callbacks from writing over what the workers wrote when they fail.
+
+Lightning has no public API for a launcher's results: `_MultiProcessingLauncher`, `_configure_launcher` and
+`_launcher` are private, so pyproject.toml pins Lightning's minor version and tests/test_lightning_api.py
+checks them.
 """
 
 from __future__ import annotations
@@ -21,11 +25,7 @@ import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
-from lightning.pytorch.trainer.call import (
-    _call_callbacks_load_state_dict,
-    _call_callbacks_state_dict,
-    _interrupt,
-)
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from tinytransformer.callbacks.resume import LastCheckpoint, RunInterrupted
 from tinytransformer.distributed import launcher_world
@@ -70,14 +70,17 @@ class _CallbackStateLauncher(_MultiProcessingLauncher):
     def get_extra_results(self, trainer: L.Trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
         buffer = io.BytesIO()
-        torch.save(_call_callbacks_state_dict(trainer), buffer)  # bytes: no shared-memory tensors
+        states = {c.state_key: state for c in trainer.callbacks if (state := c.state_dict())}
+        torch.save(states, buffer)  # bytes: no shared-memory tensors
         extra["callback_states_bytes"] = buffer.getvalue()
         return extra
 
     def update_main_process_results(self, trainer: L.Trainer, extra: dict[str, Any]) -> None:
         super().update_main_process_results(trainer, extra)
         states = torch.load(io.BytesIO(extra["callback_states_bytes"]), weights_only=True)
-        _call_callbacks_load_state_dict(trainer, {"callbacks": states})
+        for callback in trainer.callbacks:
+            if state := states.get(callback.state_key):
+                callback.load_state_dict(state)
 
     def launch(self, function, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
         received: list[str] = []
@@ -110,10 +113,17 @@ class _CallbackStateLauncher(_MultiProcessingLauncher):
 
 
 def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> Any:
-    """Run `function` in a worker; on an error, call the callbacks' on_exception there, as one process would
+    """Run `function` in a worker; on an error, call the on_exception hooks there, as one process would
     (Lightning does so only in the main process, whose callbacks saw none of the run)."""
     try:
         return function(*args, **kwargs)
     except BaseException as exception:
-        _interrupt(trainer, exception)
+        trainer.state.status = TrainerStatus.INTERRUPTED
+        for callback in trainer.callbacks:
+            callback.on_exception(trainer, trainer.lightning_module, exception)
+        if trainer.datamodule is not None:
+            trainer.datamodule.on_exception(exception)
+        trainer.strategy.on_exception(exception)
+        for logger in trainer.loggers:
+            logger.finalize("failed")
         raise

@@ -64,9 +64,11 @@ def mark_restart(logger: TensorBoardLogger, step: int) -> None:
 
     A killed run may have logged steps past its last checkpoint; the resumed run logs them again. TensorBoard
     purges events at or after a SessionLog.START's step, so the run shows each step once, from the resume.
+    The mark goes into the file the resumed run writes to: TensorBoard reads a run's files in name (creation
+    time) order, and a mark in a newer file of its own would drop the resumed run's steps too.
     """
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
     event = Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START))
-    logger.experiment._get_file_writer().add_event(event)
+    logger.experiment.file_writer.add_event(event)  # the open FileWriter, as torch's add_hparams uses it
     logger.experiment.flush()

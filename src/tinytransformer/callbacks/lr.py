@@ -5,8 +5,10 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinytransformer.callbacks.steps import OptimizerStepCallback
 
-class LearningRateLogger(L.Callback):
+
+class LearningRateLogger(OptimizerStepCallback):
     """Logs the lr every `log_every_n_steps` steps, straight to the loggers.
 
     A Python float given to `self.log` every step would be copied to the GPU each step (a host sync);
@@ -15,7 +17,7 @@ class LearningRateLogger(L.Callback):
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % trainer.log_every_n_steps or trainer.fit_loop._should_accumulate():
+        if trainer.global_step % trainer.log_every_n_steps or not self.optimizer_stepped(trainer):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         for logger in trainer.loggers:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tinytransformer.callbacks.steps import OptimizerStepCallback
 from tinytransformer.runs import LAST, write_atomic
 
 # SIGUSR2: SLURM's notice before a time limit (submitit's --signal), after which submitit requeues the job.
@@ -36,7 +37,7 @@ class RunInterrupted(Exception):
         return 128 + signal.Signals[self.stop_reason].value
 
 
-class LastCheckpoint(Checkpoint):
+class LastCheckpoint(Checkpoint, OptimizerStepCallback):
     """Saves `<dirpath>/last.ckpt` where a resumed run can continue exactly: between two training steps.
 
     When a validation follows a step, the save waits for it, so the checkpoint holds its results (best
@@ -64,7 +65,7 @@ class LastCheckpoint(Checkpoint):
         self.signal_received = signal.Signals(signum).name
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop._should_accumulate():
+        if not self.optimizer_stepped(trainer):
             return
         if 0 < trainer.max_steps <= trainer.global_step:
             # A stop request makes Lightning validate after this step (once, also on a validation step),
