@@ -53,7 +53,7 @@ def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, tota
     m, o, s = cfg.model, cfg.optimizer, cfg.scheduler
     assert (m.n_layers, m.n_heads, m.d_model, m.dropout, m.bias) == model
     assert (cfg.data.block_size, cfg.data.batch_size) == data
-    assert (o.name, o.lr, o.weight_decay, list(o.betas)) == ("adamw", 0.001, 0.1, [0.9, 0.99])
+    assert (o._target_, o.lr, o.weight_decay, list(o.betas)) == ("torch.optim.AdamW", 0.001, 0.1, [0.9, 0.99])
     assert (s.name, s.warmup_steps, s.total_steps, s.min_lr_ratio) == ("cosine", 100, total_steps, 0.1)
     assert (cfg.trainer.gradient_clip_val, cfg.trainer.accelerator) == (1.0, accelerator)
     assert cfg.trainer.precision == auto_precision(accelerator)  # our default, resolved for this machine

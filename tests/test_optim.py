@@ -28,12 +28,30 @@ def test_adamw_decays_weight_matrices_only():
     assert decayed | kept == set(names.values())
 
 
-def test_optimizer_choice():
+def test_any_optimizer_class_is_built_from_its_spec_with_decay_on_weight_matrices_only():
+    model = TinyTransformer(vocab_size=10, d_model=16, n_heads=2, n_layers=1, block_size=8)
+    adamw = build_optimizer(
+        model, {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.1}
+    )
+    assert type(adamw) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
+    sgd = build_optimizer(model, {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9})
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    assert sum(len(g["params"]) for g in sgd.param_groups) == len(list(model.parameters()))
+
+
+def test_optimizer_names_of_earlier_run_dirs_still_build():
     model = torch.nn.Linear(3, 3)
-    assert isinstance(build_optimizer(model, "adamw", lr=1e-3, fused=False), torch.optim.AdamW)
-    assert type(build_optimizer(model, "adam", lr=1e-3, fused=False)) is torch.optim.Adam
-    with pytest.raises(UserError, match="optimizer=adamw"):
-        build_optimizer(model, "sgd", lr=1e-3)
+    assert type(build_optimizer(model, {"name": "adamw", "lr": 1e-3, "fused": False})) is torch.optim.AdamW
+    assert type(build_optimizer(model, {"name": "adam", "lr": 1e-3, "weight_decay": 0.0})) is torch.optim.Adam
+
+
+def test_an_optimizer_that_cannot_be_built_is_one_line():
+    model = torch.nn.Linear(3, 3)
+    with pytest.raises(UserError, match=r"^optimizer._target_=torch.optim.Nope: cannot import it"):
+        build_optimizer(model, {"_target_": "torch.optim.Nope", "lr": 1e-3})
+    with pytest.raises(UserError, match=r"^optimizer.momentun: SGD takes no argument 'momentun'"):
+        build_optimizer(model, {"_target_": "torch.optim.SGD", "lr": 1e-3, "momentun": 0.9})
 
 
 def test_warmup_cosine_rises_then_decays_to_the_floor():

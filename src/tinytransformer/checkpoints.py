@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from tinytransformer.errors import UserError
-from tinytransformer.model import TinyTransformer
+from tinytransformer.model import build_model
 from tinytransformer.tokenizers import Tokenizer, tokenizer_from_dict
 
 
@@ -57,9 +57,12 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> TinyTransformer:
-    """The TinyTransformer of a checkpoint (eval mode), without Lightning."""
-    model = TinyTransformer(**ckpt["hyper_parameters"]["model"])
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of a checkpoint (eval mode), rebuilt from its class path and arguments, without Lightning.
+
+    A checkpoint from before models were swappable has no `_target_`: it is a TinyTransformer.
+    """
+    model = build_model(ckpt["hyper_parameters"]["model"])
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
@@ -68,3 +71,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
 
 def tokenizer_from_checkpoint(ckpt: dict[str, Any]) -> Tokenizer:
     return tokenizer_from_dict(ckpt["hyper_parameters"]["tokenizer"])
+
+
+def model_block_size(ckpt: dict[str, Any]) -> int:
+    """The context length the checkpoint's model was trained with."""
+    return int(ckpt["hyper_parameters"]["model"]["block_size"])

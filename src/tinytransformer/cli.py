@@ -61,9 +61,12 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
     """Compose (first value of each sweep) and validate; returns the composed config with `hydra`."""
     cfg = compose_config(config_dir, config_name, overrides, with_hydra=True)
     if not multirun:
-        from tinytransformer.config import validate
+        from tinytransformer.config import to_plain, validate
+        from tinytransformer.specs import resolve
 
         validate(cfg)
+        for key in ("model", "optimizer"):  # the class importable, its arguments known, before any work
+            resolve({k: v for k, v in to_plain(cfg[key]).items() if k != "compile"}, key)
     return cfg
 
 

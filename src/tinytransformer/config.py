@@ -22,12 +22,6 @@ _INT, _NUM = (int,), (int, float)
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32")
 CHECKS: list[Check] = [
     ("seed", _INT, lambda v: v >= 0, "an integer >= 0"),
-    ("model.d_model", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("model.n_heads", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("model.n_layers", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("model.dropout", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("model.bias", (bool,), None, "true or false"),
-    ("model.compile", (bool,), None, "true or false"),
     ("data.block_size", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("data.batch_size", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("data.eval_batch_size", _INT, lambda v: v >= 1, "an integer >= 1"),
@@ -39,9 +33,6 @@ CHECKS: list[Check] = [
     ("data.tokenizer", (str,), lambda v: v in ("char", "simple"), "'char' or 'simple'"),
     ("data.augment.mask_prob", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("data.augment.substitute_prob", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("optimizer.name", (str,), lambda v: v in ("adam", "adamw"), "'adam' or 'adamw'"),
-    ("optimizer.lr", _NUM, lambda v: v > 0, "a number > 0"),
-    ("optimizer.weight_decay", _NUM, lambda v: v >= 0, "a number >= 0"),
     ("scheduler.name", (str,), lambda v: v in ("none", "cosine"), "'none' or 'cosine'"),
     ("trainer.max_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("trainer.val_check_interval", _INT, lambda v: v >= 1, "an integer >= 1 (steps)"),
@@ -50,7 +41,19 @@ CHECKS: list[Check] = [
     ("trainer.checkpoint_every_n_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("trainer.precision", (str, int), lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 ]
+# Checked where present: a model class other than TinyTransformer may take other arguments (and a run dir
+# saved before models were swappable has no model._target_).
 OPTIONAL_CHECKS: list[Check] = [
+    ("model._target_", (str,), None, "a class path, package.module.Class"),
+    ("optimizer._target_", (str,), None, "a class path, e.g. torch.optim.AdamW"),
+    ("optimizer.lr", _NUM, lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", _NUM, lambda v: v >= 0, "a number >= 0"),
+    ("model.d_model", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("model.n_heads", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("model.n_layers", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("model.dropout", _NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.bias", (bool,), None, "true or false"),
+    ("model.compile", (bool,), None, "true or false"),
     ("scheduler.warmup_steps", _INT, lambda v: v >= 0, "an integer >= 0"),
     ("scheduler.min_lr_ratio", _NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     (
@@ -103,8 +106,8 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_value(key, value, types, ok, allowed)
-    d_model, n_heads = cfg.model.d_model, cfg.model.n_heads
-    if d_model % n_heads:
+    d_model, n_heads = cfg.model.get("d_model"), cfg.model.get("n_heads")
+    if isinstance(d_model, int) and isinstance(n_heads, int) and d_model % n_heads:
         raise UserError(
             f"model.n_heads={n_heads} does not divide model.d_model={d_model}; "
             f"pick n_heads from {[h for h in range(1, d_model + 1) if d_model % h == 0][:12]}"
@@ -132,13 +135,17 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
         "block_size": c.data.block_size,
         "batch_size": c.data.batch_size,
         "accumulate_grad_batches": OmegaConf.select(c, "trainer.accumulate_grad_batches", default=1),
-        "d_model": c.model.d_model,
-        "n_heads": c.model.n_heads,
-        "n_layers": c.model.n_layers,
-        "dropout": float(c.model.dropout),
-        "optimizer": c.optimizer.name,
-        "lr": float(c.optimizer.lr),
-        "weight_decay": float(c.optimizer.weight_decay),
+        "model": c.model.get("_target_", "TinyTransformer").rpartition(".")[
+            2
+        ],  # none: saved before it existed
+        # Another model class may not take these: 0 then, so every run of a sweep logs the same keys.
+        "d_model": c.model.get("d_model", 0),
+        "n_heads": c.model.get("n_heads", 0),
+        "n_layers": c.model.get("n_layers", 0),
+        "dropout": float(c.model.get("dropout", 0.0)),
+        "optimizer": str(c.optimizer.get("_target_") or c.optimizer.get("name")).rpartition(".")[2],
+        "lr": float(c.optimizer.get("lr", 0.0)),
+        "weight_decay": float(c.optimizer.get("weight_decay", 0.0)),
         "scheduler": c.scheduler.name,
         "max_steps": c.trainer.max_steps,
         "precision": str(c.trainer.precision),

@@ -1,4 +1,4 @@
-"""Sampling text from a TinyTransformer (plain PyTorch), with a key/value cache.
+"""Sampling text from a language model (plain PyTorch), with a key/value cache where the model has one.
 
 Context rule (the same with and without the cache, so both give identical greedy output): the model sees
 the tokens since the current window start; when a window would exceed block_size, it restarts on the last
@@ -9,8 +9,7 @@ as in evaluation, and the cache is rebuilt once every block_size/2 tokens instea
 from __future__ import annotations
 
 import torch
-
-from tinytransformer.model import TinyTransformer
+from torch import nn
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -44,7 +43,7 @@ def next_token(
 
 @torch.no_grad()
 def generate(
-    model: TinyTransformer,
+    model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -52,14 +51,21 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    block_size: int | None = None,
 ) -> torch.Tensor:
-    """Extend token ids `idx` (B, T) by `max_new_tokens` sampled tokens; returns (B, T + max_new_tokens)."""
+    """Extend token ids `idx` (B, T) by `max_new_tokens` sampled tokens; returns (B, T + max_new_tokens).
+
+    `block_size` (default: the model's own) is the longest context the model takes. A model without a
+    key/value cache (no `empty_cache`) recomputes the window for every token.
+    """
     was_training = model.training
     model.eval()  # dropout off while sampling
     # forward(), not model(...): a model compiled in place (model.compile=true) would recompile for every
     # new prompt length and cache size (seconds each, mid-training); token-by-token steps gain little from it.
     step = model.forward
-    block_size, keep = model.block_size, max(1, model.block_size // 2)
+    use_cache = use_cache and hasattr(model, "empty_cache")
+    block_size = block_size or model.block_size
+    keep = max(1, block_size // 2)
     out = idx
     window_start = max(0, idx.shape[1] - block_size)
     cache, cached = None, 0  # `cached`: tokens of the current window already in the cache

@@ -7,7 +7,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
+from tinytransformer.checkpoints import (
+    load_checkpoint,
+    model_block_size,
+    model_from_checkpoint,
+    tokenizer_from_checkpoint,
+)
 from tinytransformer.config import check_value
 from tinytransformer.errors import UserError
 from tinytransformer.generation import generate
@@ -53,7 +58,15 @@ def generate_samples(cfg: DictConfig) -> list[str]:
     idx = torch.tensor([prompt_ids] * cfg.num_samples, device=cfg.device)
     generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
     out = generate(
-        model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, generator, cfg.use_cache
+        model,
+        idx,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.top_p,
+        generator,
+        cfg.use_cache,
+        block_size=model_block_size(ckpt),
     )
     return [tokenizer.decode(row.tolist()) for row in out]
 

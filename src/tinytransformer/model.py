@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinytransformer.specs import resolve
+
 # Per-layer cache of (keys, values), each (B, n_heads, T_cached, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+# The model class of a spec without `_target_`: checkpoints written before models were swappable.
+DEFAULT_MODEL = "tinytransformer.model.TinyTransformer"
 
 
 @dataclass(frozen=True)
@@ -161,3 +166,13 @@ class TinyTransformer(nn.Module):
         dtype = self.token_emb.weight.dtype
         empty = torch.empty(batch_size, heads, 0, hs, device=device, dtype=dtype)
         return [(empty, empty) for _ in self.blocks]
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """The model a plain-data spec describes: `{"_target_": "package.module.Class", **arguments}`.
+
+    Any nn.Module class works that takes `vocab_size` and `block_size` and maps ids (B, T) to logits
+    (B, T, V). The same spec, stored in checkpoints as plain data, rebuilds the model without Hydra.
+    """
+    cls, arguments = resolve(spec, "model", default=DEFAULT_MODEL)
+    return cls(**arguments)

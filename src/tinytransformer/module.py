@@ -1,4 +1,5 @@
-"""The LightningModule: a TinyTransformer, its cross-entropy loss, optimizer, schedule and metrics."""
+"""The LightningModule: a language model (TinyTransformer by default), its cross-entropy loss, optimizer,
+schedule and metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torchmetrics import MinMetric
 
 from tinytransformer.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.metrics import LanguageModelMetrics
-from tinytransformer.model import TinyTransformer
+from tinytransformer.model import build_model
 from tinytransformer.optim import build_optimizer, lr_factor
 
 
@@ -33,8 +34,9 @@ class LanguageModel(L.LightningModule):
     """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
 
     Args:
-        model: TinyTransformer keyword arguments (vocab_size and block_size included).
-        optimizer: `name`, `lr`, `weight_decay`, `betas`, `fused`.
+        model: the model's spec, `_target_` (its class) and its arguments, vocab_size and block_size
+            included (model.build_model).
+        optimizer: the optimizer's spec, `_target_` (its class) and its arguments (optim.build_optimizer).
         scheduler: `name` (`none` | `cosine`), `warmup_steps`, `min_lr_ratio`, `total_steps`.
         tokenizer: the tokenizer's `to_dict()`, so a checkpoint alone can generate text.
         data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
@@ -55,7 +57,7 @@ class LanguageModel(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.model = TinyTransformer(**model)
+        self.model = build_model(model)
         if compile:
             # In-place compile keeps parameter names (no `_orig_mod.`), so checkpoints load either way.
             self.model.compile()
@@ -189,7 +191,7 @@ class LanguageModel(L.LightningModule):
         self.log_dict({f"test/{k}": v for k, v in values.items()})
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, **self.hparams.optimizer)
+        optimizer = build_optimizer(self.model, self.hparams.optimizer)
         factor = lr_factor(self.hparams.scheduler)
         if factor is None:
             return optimizer

@@ -52,7 +52,8 @@ def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | Non
     compile_model = model_cfg.pop("compile", False)
     model_cfg.update(vocab_size=dm.tokenizer.vocab_size, block_size=cfg.data.block_size)
     optimizer = to_plain(cfg.optimizer)
-    optimizer["fused"] = optimizer.get("fused", True) and _fused_supported(cfg.trainer.accelerator)
+    if optimizer.get("fused"):
+        optimizer["fused"] = _fused_supported(cfg.trainer.accelerator)
     schedule = to_plain(cfg.scheduler)
     on_resume = schedule.pop("on_resume", "keep")  # how a resumed run treats the schedule, not part of it
     return LanguageModel(
@@ -199,7 +200,7 @@ def run_facts(cfg: DictConfig, dm: TextDataModule, module: LanguageModel) -> dic
     """What is known before training: it goes into metrics.json beside the results."""
     facts = {
         "vocab_size": dm.tokenizer.vocab_size,
-        "params": module.model.num_parameters(),
+        "params": sum(p.numel() for p in module.model.parameters()),
         "corpus": dm.corpus.name,
         "train_tokens": len(dm.splits["train"]),
         "precision": str(cfg.trainer.precision),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tinytransformer.batches import RandomWindowBatches
 from tinytransformer.benchmarks.machine import synchronize
 from tinytransformer.errors import UserError
-from tinytransformer.model import TinyTransformer
+from tinytransformer.model import build_model
 from tinytransformer.optim import build_optimizer, warmup_cosine
 from tinytransformer.training import build_module, on_gpu
 
@@ -66,10 +66,10 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
 def plain_round(recipe: PlainRecipe, train_tokens: torch.Tensor, warmup: int, steps: int) -> Segment:
     device, s = recipe.device, recipe.scheduler
     torch.manual_seed(recipe.seed)
-    model = TinyTransformer(**recipe.model).to(device)
+    model = build_model(recipe.model).to(device)
     if recipe.compile:
         model.compile()
-    optimizer = build_optimizer(model, **recipe.optimizer)
+    optimizer = build_optimizer(model, recipe.optimizer)
     scheduler = None
     if s["name"] == "cosine":
         factor = warmup_cosine(s["warmup_steps"], s["total_steps"], s["min_lr_ratio"])

@@ -39,7 +39,7 @@ def _setup_lines(r: dict[str, Any]) -> list[str]:
         f"model: {m['n_layers']} layers, {m['n_heads']} heads, d_model {m['d_model']}, block {m['block_size']}, "
         f"dropout {m['dropout']}, bias {m['bias']}, vocab {m['vocab_size']}; batch {recipe.batch_size} "
         f"({r['tokens_per_step']:,} tokens/step); {r['precision']}{', compiled' if recipe.compile else ''}",
-        f"optimizer: {o['name']} (fused={o['fused']}) lr {o['lr']}, weight decay {o['weight_decay']}, "
+        f"optimizer: {o['_target_']} (fused={o.get('fused')}) lr {o['lr']}, weight decay {o.get('weight_decay', 0)}, "
         f"betas {tuple(o['betas'])}; {schedule}; clip grad norm {recipe.clip}",
         f"timing: {r['rounds']} rounds, interleaved (Trainer plain, plain Trainer, ...); per round {r['steps']} steps "
         f"timed after {r['warmup']} untimed warm-up steps",

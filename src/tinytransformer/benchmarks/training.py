@@ -33,7 +33,7 @@ from tinytransformer.callbacks import RunSummary
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
-from tinytransformer.model import TinyTransformer
+from tinytransformer.model import TinyTransformer, build_model
 from tinytransformer.overrides import compose_config
 from tinytransformer.training import (
     build_callbacks,
@@ -198,7 +198,7 @@ def run_benchmark(
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
     plain_tps = [tokens_per_step * steps / seg.seconds for seg in plain]
-    model = TinyTransformer(**recipe.model)
+    model = build_model(recipe.model)
     return {
         "precision": cfg.trainer.precision,
         "recipe": recipe,

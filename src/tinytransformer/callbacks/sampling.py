@@ -8,11 +8,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from tinytransformer.batches import mix_seed
+from tinytransformer.callbacks.steps import OptimizerStepCallback
 from tinytransformer.generation import generate
 from tinytransformer.quality import SampleScorer
 
 
-class SampleGeneration(L.Callback):
+class SampleGeneration(OptimizerStepCallback):
     """Every `every_n_steps` optimizer steps, sample `max_new_tokens` after `prompt` and log it.
 
     The sample's quality (`sample/word_share`, and `sample/sentence_share` on the built-in corpus) is
@@ -42,12 +43,7 @@ class SampleGeneration(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if (
-            self.every_n_steps <= 0
-            or step % self.every_n_steps
-            or step == 0
-            or trainer.fit_loop._should_accumulate()
-        ):
+        if self.every_n_steps <= 0 or step % self.every_n_steps or not self.optimizer_stepped(trainer):
             return
         text = self.sample(trainer, pl_module, step) if trainer.is_global_zero else ""
         scores = self.scorer.score(text[len(self.prompt) :]) if trainer.is_global_zero else {}
@@ -65,8 +61,15 @@ class SampleGeneration(L.Callback):
         prompt_ids = tokenizer.encode(self.prompt) or [0]
         idx = torch.tensor([prompt_ids], device=pl_module.device)
         generator = torch.Generator(pl_module.device).manual_seed(mix_seed(pl_module.hparams.seed, step, 2))
+        block_size = pl_module.hparams.model["block_size"]
         out = generate(
-            pl_module.model, idx, self.max_new_tokens, self.temperature, self.top_k, generator=generator
+            pl_module.model,
+            idx,
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            generator=generator,
+            block_size=block_size,
         )
         return tokenizer.decode(out[0].tolist())
 

@@ -1,0 +1,141 @@
+"""A template, not an app: a new model is one file plus one YAML and an optimizer from torch.optim is one
+YAML, all outside src/ (tests/extensions/); each trains, resumes exactly, generates, evaluates, and shows
+up in compare_runs and the hparams."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from tests.conftest import TINY_RUN, run_cli
+
+from tinytransformer.cli import ROOT
+
+EXTENSIONS = Path(__file__).parent / "extensions"
+ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}
+SEARCH_PATH = f"hydra.searchpath=[file://{EXTENSIONS / 'conf'}]"
+BASE = [
+    *(o for o in TINY_RUN if not o.startswith("model=")),
+    SEARCH_PATH,
+    "scheduler.total_steps=40",  # the same schedule for a run stopped at 20 steps and one of 40
+    "test=false",
+]
+# What each extension is chosen by, and how it shows in the hparams.
+CHOICES = {
+    "model": (["model=gru"], ("model", "GRULanguageModel")),
+    "optimizer": (["model=tiny", "optimizer=sgd"], ("optimizer", "SGD")),
+}
+FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint-14a602d.ckpt"  # written by main at 14a602d
+
+
+def only_run(log_dir: Path) -> Path:
+    (run,) = log_dir.glob("train/runs/*/*")
+    return run
+
+
+@pytest.fixture(scope="module", params=list(CHOICES))
+def runs(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(the extension, a 40-step run with it, one stopped at 20 steps and resumed to 40)."""
+    choice = CHOICES[request.param][0]
+    whole, halves = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("halves")
+    for log_dir, steps in ((whole, 40), (halves, 20)):
+        args = [*BASE, *choice, f"trainer.max_steps={steps}", f"paths.log_dir={log_dir}"]
+        done = run_cli("train.py", *args, env=ON_PATH)
+        assert done.returncode == 0, done.stderr[-2000:]
+    resumed = run_cli("train.py", f"resume={only_run(halves)}", "trainer.max_steps=40", env=ON_PATH)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return request.param, only_run(whole), only_run(halves)
+
+
+def test_it_trains_and_resumes_exactly(runs):
+    extension, whole, resumed = runs
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (whole, resumed))
+    assert a["global_step"] == b["global_step"] == 40
+    key, name = CHOICES[extension][1]
+    assert a["hyper_parameters"][key]["_target_"].endswith(name)  # stored as plain data
+    for param, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][param]), param
+    assert (
+        a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
+    )
+    assert json.loads((whole / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_it_generates_and_evaluates_from_its_checkpoint_alone(runs):
+    _, whole, _ = runs
+    sample = run_cli("generate.py", f"ckpt_path={whole}", "prompt=The cat", "max_new_tokens=40", env=ON_PATH)
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert sample.stdout.startswith("The cat") and len(sample.stdout.rstrip("\n")) == len("The cat") + 40
+    evaluated = run_cli("evaluate.py", f"ckpt_path={whole}", env=ON_PATH)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    best = json.loads((whole / "metrics.json").read_text())["best_val_loss"]
+    assert json.loads(evaluated.stdout)["val/loss"] == pytest.approx(best, rel=1e-5)
+
+
+def hparams(run: Path) -> dict:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    values = HParamsPluginData.FromString(content).session_start_info.hparams
+    return {k: v.string_value or v.number_value for k, v in values.items()}
+
+
+def test_they_show_up_in_the_hparams_and_in_compare_runs(tmp_path):
+    sweep = [
+        *BASE,
+        "trainer.max_steps=20",
+        "model=tiny,gru",
+        "optimizer=adamw,sgd",
+        f"paths.log_dir={tmp_path}",
+    ]
+    done = run_cli("train.py", "-m", *sweep, env=ON_PATH)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sweep_dir,) = tmp_path.glob("train/multiruns/*/*")
+    both = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd")))
+    assert (both["model"], both["d_model"], both["optimizer"]) == ("GRULanguageModel", 64, "SGD")
+    compared = subprocess.run(
+        [sys.executable, "scripts/compare_runs.py", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert compared.returncode == 0, compared.stderr
+    rows = [
+        line.split("|")[1].strip() for line in compared.stdout.splitlines() if line.startswith("| model=")
+    ]
+    assert sorted(rows) == [f"model={m}, optimizer={o}" for m in ("gru", "tiny") for o in ("adamw", "sgd")]
+
+
+def test_a_model_class_that_cannot_be_imported_or_built_is_one_line(tmp_path):
+    for override, needle in (
+        ("model._target_=no_such_module.Model", "model._target_=no_such_module.Model: cannot import it"),
+        ("+model.depth=3", "model.depth: TinyTransformer takes no argument 'depth'"),
+    ):
+        done = run_cli("train.py", *TINY_RUN, override, f"paths.log_dir={tmp_path}")
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"error: {needle}"), done.stderr
+    assert not (tmp_path / "train").exists()
+
+
+def test_a_checkpoint_written_before_models_were_swappable_still_generates_and_evaluates():
+    ckpt = torch.load(FIXTURE, weights_only=True)
+    assert "_target_" not in ckpt["hyper_parameters"]["model"]
+    (best_score,) = (
+        s["best_model_score"] for k, s in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")
+    )
+    sample = run_cli("generate.py", f"ckpt_path={FIXTURE}", "prompt=The cat", "max_new_tokens=10")
+    assert sample.returncode == 0, sample.stderr[-2000:]
+    assert sample.stdout.startswith("The cat")
+    evaluated = run_cli("evaluate.py", f"ckpt_path={FIXTURE}", "splits=[val]")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["val/loss"] == pytest.approx(float(best_score), rel=1e-5)
+
+
+def test_importing_the_model_imports_no_lightning_and_no_hydra():
+    code = (
+        "import sys, tinytransformer.model, tinytransformer.generation, tinytransformer.tokenizers; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'hydra', 'omegaconf'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
