@@ -1,6 +1,6 @@
-"""A template, not an app: a new model is one file plus one YAML and an optimizer from torch.optim is one
-YAML, all outside src/ (tests/extensions/); each trains, resumes exactly, generates, evaluates, and shows
-up in compare_runs and the hparams."""
+"""A template, not an app: a new model or regularizer is one file plus one YAML, and an optimizer from
+torch.optim one YAML, all outside src/ (tests/extensions/); each trains, resumes exactly, generates,
+evaluates, and shows up in compare_runs and the hparams."""
 
 import json
 import subprocess
@@ -16,7 +16,7 @@ from tests.conftest import TINY_RUN, run_cli
 from tinytransformer.cli import ROOT
 
 EXTENSIONS = Path(__file__).parent / "extensions"
-ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}
+ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}  # gru_lm, my_regularizers
 SEARCH_PATH = f"hydra.searchpath=[file://{EXTENSIONS / 'conf'}]"
 BASE = [
     *(o for o in TINY_RUN if not o.startswith("model=")),
@@ -24,10 +24,19 @@ BASE = [
     "scheduler.total_steps=40",  # the same schedule for a run stopped at 20 steps and one of 40
     "test=false",
 ]
-# What each extension is chosen by, and how it shows in the hparams.
+# What each extension is chosen by, and where its checkpoint holds its spec.
 CHOICES = {
-    "model": (["model=gru"], ("model", "GRULanguageModel")),
-    "optimizer": (["model=tiny", "optimizer=sgd"], ("optimizer", "SGD")),
+    "model": (["model=gru"], ("model",)),
+    "optimizer": (["model=tiny", "optimizer=sgd"], ("optimizer",)),
+    "regularizer": (
+        ["model=tiny", "regularization=confidence_penalty"],
+        ("regularizers", "confidence_penalty"),
+    ),
+}
+TARGETS = {
+    "model": "gru_lm.GRULanguageModel",
+    "optimizer": "torch.optim.SGD",
+    "regularizer": "my_regularizers.ConfidencePenalty",
 }
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint-14a602d.ckpt"  # written by main at 14a602d
 
@@ -55,8 +64,10 @@ def test_it_trains_and_resumes_exactly(runs):
     extension, whole, resumed = runs
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (whole, resumed))
     assert a["global_step"] == b["global_step"] == 40
-    key, name = CHOICES[extension][1]
-    assert a["hyper_parameters"][key]["_target_"].endswith(name)  # stored as plain data
+    spec = a["hyper_parameters"]
+    for key in CHOICES[extension][1]:
+        spec = spec[key]
+    assert spec["_target_"] == TARGETS[extension]  # stored as plain data
     for param, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][param]), param
     assert (
@@ -85,18 +96,16 @@ def hparams(run: Path) -> dict:
 
 
 def test_they_show_up_in_the_hparams_and_in_compare_runs(tmp_path):
-    sweep = [
-        *BASE,
-        "trainer.max_steps=20",
-        "model=tiny,gru",
-        "optimizer=adamw,sgd",
-        f"paths.log_dir={tmp_path}",
-    ]
+    choices = ["model=tiny,gru", "optimizer=adamw,sgd", "regularization=none,confidence_penalty"]
+    sweep = [*BASE, "trainer.max_steps=20", *choices, f"paths.log_dir={tmp_path}"]
     done = run_cli("train.py", "-m", *sweep, env=ON_PATH)
     assert done.returncode == 0, done.stderr[-2000:]
     (sweep_dir,) = tmp_path.glob("train/multiruns/*/*")
-    both = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd")))
-    assert (both["model"], both["d_model"], both["optimizer"]) == ("GRULanguageModel", 64, "SGD")
+    every = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd,regularization=confidence_penalty")))
+    assert (every["model"], every["d_model"], every["optimizer"]) == ("GRULanguageModel", 64, "SGD")
+    assert every["confidence_penalty.beta"] == pytest.approx(0.1)
+    none = hparams(next(sweep_dir.glob("*_model=tiny,optimizer=adamw,regularization=none")))
+    assert none.keys() == every.keys() and none["confidence_penalty.beta"] == 0  # the same columns
     compared = subprocess.run(
         [sys.executable, "scripts/compare_runs.py", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True
     )
@@ -104,7 +113,12 @@ def test_they_show_up_in_the_hparams_and_in_compare_runs(tmp_path):
     rows = [
         line.split("|")[1].strip() for line in compared.stdout.splitlines() if line.startswith("| model=")
     ]
-    assert sorted(rows) == [f"model={m}, optimizer={o}" for m in ("gru", "tiny") for o in ("adamw", "sgd")]
+    assert sorted(rows) == [
+        f"model={m}, optimizer={o}, regularization={r}"
+        for m in ("gru", "tiny")
+        for o in ("adamw", "sgd")
+        for r in ("confidence_penalty", "none")
+    ]
 
 
 def test_a_model_class_that_cannot_be_imported_or_built_is_one_line(tmp_path):

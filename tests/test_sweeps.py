@@ -136,6 +136,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_lowest_best_val_loss(tmp_
 REGULARIZATION = [
     "none",
     *("dropout", "weight_decay", "gradient_clipping", "early_stopping", "augmentation"),
+    *("label_smoothing", "stochastic_depth"),
     "all",
 ]
 

@@ -15,6 +15,7 @@ from tinytransformer.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.metrics import LanguageModelMetrics
 from tinytransformer.model import build_model
 from tinytransformer.optim import build_optimizer, lr_factor
+from tinytransformer.regularizers import build_regularizers
 
 
 class NonFiniteLoss(Exception):
@@ -42,6 +43,7 @@ class LanguageModel(L.LightningModule):
         data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
         seed: seeds dropout per training batch, making a resumed run's dropout masks those of an
             uninterrupted one.
+        regularizers: specs of the regularizers that need code, by name (tinytransformer.regularizers).
     """
 
     def __init__(
@@ -54,10 +56,12 @@ class LanguageModel(L.LightningModule):
         data: dict[str, Any] | None = None,
         seed: int = 0,
         compile: bool = False,
+        regularizers: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.model = build_model(model)
+        self.regularizers = build_regularizers(regularizers or {}, self.model)
         if compile:
             # In-place compile keeps parameter names (no `_orig_mod.`), so checkpoints load either way.
             self.model.compile()
@@ -83,7 +87,7 @@ class LanguageModel(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.model.get("dropout", 0.0) > 0:
+        if self.hparams.model.get("dropout", 0.0) > 0 or self.regularizers:
             torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.batch_index(batch_idx), 1))
 
     def batch_index(self, batch_idx: int) -> int:
@@ -95,7 +99,12 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss(self(x), y)
+        for regularizer in self.regularizers:
+            x, y = regularizer.inputs(x, y)
+        logits = self(x)
+        loss = self.loss(logits, y)
+        for regularizer in self.regularizers:
+            loss = regularizer.loss(logits, y, loss)
         loss_d = loss.detach()
         if self._one_char_per_token:  # char tokenizer: bits/char is the loss in bits, no gather per step
             bits = loss_d / math.log(2)

@@ -17,7 +17,7 @@ from tinytransformer.callbacks import HParamsLogger, LearningRateLogger, RunSumm
 from tinytransformer.callbacks.processes import ProcessSetup, job_start_time, log_lightning_via_root
 from tinytransformer.callbacks.resume import AtomicCheckpointIO, LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
-from tinytransformer.config import flat_hparams, to_plain, validate
+from tinytransformer.config import flat_hparams, known_regularizers, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.distributed import is_rank_zero
 from tinytransformer.module import LanguageModel
@@ -65,6 +65,7 @@ def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | Non
         data=to_plain(cfg.data),
         seed=cfg.seed,
         compile=compile_model,
+        regularizers=to_plain(cfg.regularizers) if cfg.get("regularizers") else {},
     )
 
 
@@ -87,13 +88,23 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, summary: RunSummary) -> l
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [
         summary,
-        HParamsLogger(flat_hparams(cfg)),
+        HParamsLogger(flat_hparams(cfg, known_regularizers(_config_dirs("regularization")))),
         LearningRateLogger(),
         LastCheckpoint(output_dir / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(50, cfg.trainer.max_steps // 20))),
         ProcessSetup(cfg.trainer.get("threads_per_process"), _job_logging()),
     ]
     return callbacks
+
+
+def _config_dirs(group: str) -> list[Path]:
+    """The dirs of a config group on this run's config search path (conf/, hydra.searchpath)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed without Hydra's run (tests): the repo's conf/
+        return [Path(__file__).resolve().parents[2] / "conf" / group]
+    sources = HydraConfig.get().runtime.config_sources
+    return [Path(s.path) / group for s in sources if s.schema == "file" and (Path(s.path) / group).is_dir()]
 
 
 def _job_logging() -> dict | None:

@@ -1,0 +1,105 @@
+"""Regularizers that need code: one class each, behind three hooks, plus one YAML in conf/regularization/.
+
+A regularizer changes training only. It may override any of:
+- `attach(model)`: once, before training; e.g. forward hooks on the model's layers (they see
+  `module.training`, so they are off in evaluation and generation; hooks leave the state_dict alone, so a
+  checkpoint loads into the plain model);
+- `inputs(x, y)`: the training batch's ids (B, T) and targets (B, T), before the forward pass;
+- `loss(logits, targets, loss)`: the training loss, given the logits (B, T, V) it came from.
+Validation, test, evaluate.py and generate.py never call `inputs` or `loss`. Randomness comes from torch's
+global generator, which the LightningModule seeds per training batch: exact resume keeps working.
+
+Regularizers that are only values (dropout, weight decay, gradient clipping, early stopping, input noise)
+need no class: their YAML in conf/regularization/ sets the value.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinytransformer.batches import IGNORE_INDEX
+from tinytransformer.specs import resolve
+
+
+class Regularizer:
+    """The interface: every hook does nothing unless overridden."""
+
+    def attach(self, model: nn.Module) -> None:
+        pass
+
+    def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+
+class LabelSmoothing(Regularizer):
+    """Train against targets that put `smoothing` of their mass uniformly on all tokens (Szegedy et al. 2016):
+    the loss is (1 - smoothing) * cross-entropy + smoothing * the mean of -log p over the vocabulary, as
+    `F.cross_entropy(..., label_smoothing=smoothing)` computes it. The logged train loss is this loss."""
+
+    def __init__(self, smoothing: float = 0.1):
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.smoothing = smoothing
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if self.smoothing == 0:
+            return loss
+        scored = targets.flatten() != IGNORE_INDEX
+        uniform = -F.log_softmax(logits.flatten(0, 1)[scored].float(), dim=-1).mean(-1).mean()
+        return (1 - self.smoothing) * loss + self.smoothing * uniform
+
+
+class StochasticDepth(Regularizer):
+    """Drop whole residual branches per sample in training (Huang et al. 2016): each branch's output is
+    zeroed for a random share of the batch's sequences and scaled by 1/(1-p) for the others.
+
+    `branches` names the residual branches' submodules inside each of the model's `blocks` (TinyTransformer:
+    `attn` and `mlp`, whose outputs are added to the residual stream). Block l of L drops with probability
+    drop_prob * (l + 1) / L: the linear rule, deeper blocks dropped more.
+    """
+
+    def __init__(self, drop_prob: float = 0.1, branches: tuple[str, ...] = ("attn", "mlp")):
+        if not 0 <= drop_prob < 1:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob, self.branches = drop_prob, tuple(branches)
+
+    def attach(self, model: nn.Module) -> None:
+        if self.drop_prob == 0:
+            return
+        blocks = getattr(model, "blocks", None)
+        if blocks is None:
+            raise ValueError(
+                f"{type(model).__name__} has no `blocks`: stochastic depth needs residual blocks"
+            )
+        for layer, block in enumerate(blocks):
+            p = self.drop_prob * (layer + 1) / len(blocks)
+            for name in self.branches:
+                getattr(block, name).register_forward_hook(_drop_branch(p))
+
+
+def _drop_branch(p: float):
+    def hook(module: nn.Module, args, output):
+        if not module.training:
+            return output
+        out = output[0] if isinstance(output, tuple) else output  # attention also returns its cache
+        keep = torch.rand(out.shape[0], *(1,) * (out.dim() - 1), device=out.device) >= p  # (B, 1, 1)
+        out = out * keep.to(out.dtype) / (1 - p)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    return hook
+
+
+def build_regularizers(specs: dict[str, dict], model: nn.Module) -> list[Regularizer]:
+    """The regularizers of `regularizers:` in the config (name -> spec), attached to `model`."""
+    built = []
+    for name, spec in specs.items():
+        cls, arguments = resolve(spec, f"regularizers.{name}")
+        regularizer = cls(**arguments)
+        regularizer.attach(model)
+        built.append(regularizer)
+    return built

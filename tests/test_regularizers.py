@@ -1,0 +1,127 @@
+"""Regularizers that need code: label smoothing (the loss side) and stochastic depth (the model side) do
+what they say in training, and nothing in evaluation or generation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import TINY_RUN, compose_train
+
+from tinytransformer.generation import generate
+from tinytransformer.model import TinyTransformer
+from tinytransformer.regularizers import LabelSmoothing, StochasticDepth, build_regularizers
+from tinytransformer.training import train
+
+RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
+
+
+def model(seed: int = 0) -> TinyTransformer:
+    torch.manual_seed(seed)
+    return TinyTransformer(vocab_size=11, d_model=16, n_heads=2, n_layers=4, block_size=12)
+
+
+def test_label_smoothing_is_cross_entropy_with_smoothed_targets():
+    logits, targets = torch.randn(3, 5, 11), torch.randint(11, (3, 5))
+    targets[0, 0] = -100  # not scored
+    flat = logits.flatten(0, 1), targets.flatten()
+    loss = LabelSmoothing(0.2).loss(logits, targets, F.cross_entropy(*flat, ignore_index=-100))
+    assert loss == pytest.approx(
+        float(F.cross_entropy(*flat, ignore_index=-100, label_smoothing=0.2)), rel=1e-5
+    )
+
+
+def test_stochastic_depth_drops_whole_branches_per_sequence():
+    torch.manual_seed(1)
+    net = model()
+    build_regularizers(
+        {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.5}}, net
+    )
+    outputs = []
+    net.blocks[3].mlp.register_forward_hook(lambda m, a, out: outputs.append(out))  # runs after the drop
+    net.train()
+    net(torch.randint(11, (4000, 3)))
+    per_position = outputs[0].abs().sum(-1) == 0  # (B, T): positions whose MLP output is zero
+    dropped = per_position.all(-1)
+    assert torch.equal(per_position.any(-1), dropped)  # a sequence loses all its positions or none
+    # Block 4 of 4 drops with drop_prob * 4/4 = 0.5.
+    assert dropped.float().mean() == pytest.approx(0.5, abs=0.03)
+
+
+def test_stochastic_depth_keeps_the_expected_branch_output():
+    net = model()
+    build_regularizers(
+        {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.4}}, net
+    )
+    seen = []
+    mlp = net.blocks[1].mlp  # block 2 of 4: p = 0.4 * 2/4 = 0.2
+    mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    x = torch.randn(20000, 1, 16)
+    net.train()
+    torch.manual_seed(3)
+    mlp(x)
+    raw = mlp.forward(x)  # forward() runs no hooks: the branch's own output
+    ratio = seen[0] / raw
+    kept = ratio[ratio.abs() > 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.8), rtol=1e-4)  # scaled by 1/(1-p)
+    assert (ratio == 0).all(-1).float().mean() == pytest.approx(0.2, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.5},
+        {"_target_": "tinytransformer.regularizers.LabelSmoothing", "smoothing": 0.3},
+    ],
+)
+def test_regularizers_are_off_in_evaluation_and_generation(spec):
+    regularized, plain = model(), model()
+    build_regularizers({"r": spec}, regularized)
+    regularized.eval(), plain.eval()
+    x = torch.randint(11, (8, 12))
+    assert torch.equal(regularized(x), plain(x))
+    assert regularized.state_dict().keys() == plain.state_dict().keys()  # checkpoints load into a plain model
+    prompt = torch.tensor([[1, 2, 3]])
+    for use_cache in (True, False):
+        a = generate(
+            regularized.train(), prompt, 20, generator=torch.Generator().manual_seed(0), use_cache=use_cache
+        )
+        b = generate(
+            plain.train(), prompt, 20, generator=torch.Generator().manual_seed(0), use_cache=use_cache
+        )
+        assert torch.equal(a, b)
+
+
+def logged_hparams(run_dir) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    values = HParamsPluginData.FromString(content).session_start_info.hparams
+    return {k: v.string_value or v.number_value for k, v in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"), [("label_smoothing", "smoothing", 0.1), ("stochastic_depth", "drop_prob", 0.2)]
+)
+def test_a_run_with_it_trains_differently_and_logs_every_regularizers_value_as_an_hparam(
+    name, key, value, tmp_path
+):
+    results = train(compose_train([*RUN, f"regularization={name}"], tmp_path), tmp_path)
+    plain_dir = tmp_path / "plain"
+    plain = train(compose_train(RUN, plain_dir), plain_dir)
+    assert results["steps"] == plain["steps"] == 20
+    assert results["final_train_loss"] != plain["final_train_loss"]  # it changed training
+    regularized, baseline = logged_hparams(tmp_path), logged_hparams(plain_dir)
+    assert regularized.keys() == baseline.keys()  # the same columns for every run of a sweep
+    assert regularized[f"{name}.{key}"] == pytest.approx(value) and baseline[f"{name}.{key}"] == 0
+
+
+def test_an_unknown_regularizer_argument_is_one_line(tmp_path):
+    from tinytransformer.errors import UserError
+
+    with pytest.raises(UserError, match=r"^regularizers.sd.p: StochasticDepth takes no argument 'p'"):
+        build_regularizers(
+            {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "p": 0.1}}, model()
+        )
+    assert isinstance(StochasticDepth(), StochasticDepth)
