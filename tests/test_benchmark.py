@@ -55,7 +55,7 @@ def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, tota
     assert (cfg.data.block_size, cfg.data.batch_size) == data
     assert (o._target_, o.lr, o.weight_decay, list(o.betas)) == ("torch.optim.AdamW", 0.001, 0.1, [0.9, 0.99])
     assert (s.name, s.warmup_steps, s.total_steps, s.min_lr_ratio) == ("cosine", 100, total_steps, 0.1)
-    assert (cfg.trainer.gradient_clip_val, cfg.trainer.accelerator) == (1.0, accelerator)
+    assert (cfg.callbacks.gradient_clipping.max_norm, cfg.trainer.accelerator) == (1.0, accelerator)
     assert cfg.trainer.precision == auto_precision(accelerator)  # our default, resolved for this machine
 
 

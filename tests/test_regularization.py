@@ -19,9 +19,26 @@ QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=no
 
 @pytest.mark.parametrize(("clip", "fraction"), [(1e-6, 1.0), (0, 0.0)], ids=["every step", "off"])
 def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path, clip, fraction):
-    train(compose_train([*QUICK, f"trainer.gradient_clip_val={clip}"], tmp_path), tmp_path)
+    clipping = ["callbacks=gradient_clipping", f"callbacks.gradient_clipping.max_norm={clip}"]
+    train(compose_train([*(o for o in QUICK if o != "callbacks=none"), *clipping], tmp_path), tmp_path)
     assert [v for _, v in read_scalars(tmp_path, "train/clip_fraction")] == [fraction, fraction]
     assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
+
+
+def test_gradient_clipping_is_a_callback_that_bounds_the_update_and_drops_like_any_other(tmp_path):
+    from tinytransformer.callbacks.clipping import GradientClipping
+
+    model = torch.nn.Linear(4, 4)
+    model(torch.randn(8, 4)).pow(2).sum().mul(1e3).backward()
+    trainer = type("T", (), {"global_step": 0, "log_every_n_steps": 50})()
+    clipping = GradientClipping(max_norm=0.5)
+    clipping.on_before_optimizer_step(trainer, model, None)
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert total == pytest.approx(0.5, rel=1e-4)
+    assert clipping.state_dict()["sums"].tolist() == [1.0, 1.0]  # one step, clipped
+    dropped = [o for o in TINY_RUN if not o.startswith("callbacks.sample")] + ["~callbacks.gradient_clipping"]
+    train(compose_train([*dropped, "test=false"], tmp_path), tmp_path)
+    assert read_scalars(tmp_path, "train/grad_norm") == [] and read_scalars(tmp_path, "val/loss")
 
 
 def datamodule(**augment: float) -> TextDataModule:

@@ -39,7 +39,6 @@ CHECKS: list[Check] = [
     ("trainer.max_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("trainer.val_check_interval", _INT, lambda v: v >= 1, "an integer >= 1 (steps)"),
     ("trainer.log_every_n_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
-    ("trainer.gradient_clip_val", _NUM, lambda v: v >= 0, "a number >= 0 (0 = off)"),
     ("trainer.checkpoint_every_n_steps", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("trainer.precision", (str, int), lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 ]
@@ -66,6 +65,12 @@ OPTIONAL_CHECKS: list[Check] = [
     ),
     # Optional: the configs of run dirs from before it was listed lack it (resume=<run dir>).
     ("trainer.accumulate_grad_batches", _INT, lambda v: v >= 1, "an integer >= 1 (1 = no accumulation)"),
+    (
+        "callbacks.gradient_clipping.max_norm",
+        _NUM,
+        lambda v: v >= 0,
+        "a number >= 0 (0 = measure, never clip)",
+    ),
     ("callbacks.early_stopping.patience", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("callbacks.early_stopping.min_delta", _NUM, lambda v: v >= 0, "a number >= 0"),
     ("callbacks.sample_generation.every_n_steps", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
@@ -154,7 +159,9 @@ def flat_hparams(cfg: DictConfig, known_regularizers: dict[str, dict] | None = N
         "scheduler": c.scheduler.name,
         "max_steps": c.trainer.max_steps,
         "precision": str(c.trainer.precision),
-        "gradient_clip_val": float(c.trainer.gradient_clip_val or 0.0),
+        "gradient_clip_val": float(
+            OmegaConf.select(c, "callbacks.gradient_clipping.max_norm", default=0) or 0
+        ),
         "mask_prob": float(c.data.augment.mask_prob),
         "substitute_prob": float(c.data.augment.substitute_prob),
         "patience": int(es.get("patience", 0) or 0),

@@ -27,7 +27,7 @@ class NonFiniteLoss(Exception):
         steps = f"step {last_step}" if first_step >= last_step else f"a step in {first_step}..{last_step}"
         super().__init__(
             f"non-finite training loss ({loss}) at {steps} (lr {lr:.3g}); stopped, keeping the last good "
-            "last.ckpt if one was written. Lower optimizer.lr, or set trainer.gradient_clip_val"
+            "last.ckpt if one was written. Lower optimizer.lr, or clip gradients (callbacks.gradient_clipping.max_norm)"
         )
 
 
@@ -71,12 +71,11 @@ class LanguageModel(L.LightningModule):
         self.val_loss_best = MinMetric()
         self.val_loss_best.persistent(True)  # resumed runs keep their best
         # Summed on the device since the last validation, so their means are logged without a host sync
-        # per step: [train loss, train bits/char (comparable with a corpus's entropy floor), steps] and
-        # [optimizer steps whose gradient was clipped, optimizer steps]. One device op per hook and step.
+        # per step: [train loss, train bits/char (comparable with a corpus's entropy floor), steps]. One
+        # device op per step.
         # A NaN or infinite loss makes the loss sum non-finite: check_finite() reads it at log steps,
         # checkpoints and validation.
         self.register_buffer("_train_sums", torch.zeros(3))
-        self.register_buffer("_clip_sums", torch.zeros(2))
         self.register_buffer("_one", torch.ones(()), persistent=False)
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
 
@@ -131,6 +130,10 @@ class LanguageModel(L.LightningModule):
             raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)
         self._finite_until_step = self.global_step
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs from before gradient clipping was a callback counted clipped steps in this buffer.
+        checkpoint["state_dict"].pop("_clip_sums", None)
+
     def on_train_start(self) -> None:
         self._finite_until_step = self.global_step  # a resumed run's earlier steps were checked
         if self.global_step > 0:
@@ -149,16 +152,6 @@ class LanguageModel(L.LightningModule):
             lrs = [base * factor(step) for base, factor in factors]
         for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip by global norm (0 or None = off) and log the pre-clip norm and whether it was clipped."""
-        max_norm = gradient_clip_val if gradient_clip_val else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm, foreach=True)
-        clipped = norm > max_norm
-        self._clip_sums += torch.stack((clipped, self._one))
-        if self._logging_step():
-            self.log("train/grad_norm", norm)
-            self.log("train/clipped", clipped.float())
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -184,10 +177,6 @@ class LanguageModel(L.LightningModule):
             self.log("train/loss_avg", loss_sum / steps, sync_dist=True)
             self.log("train/bpc_avg", bits_sum / steps, sync_dist=True)
             self._train_sums.zero_()
-        clipped, optimizer_steps = self._clip_sums
-        if optimizer_steps > 0:  # share of the steps since the last validation that were clipped
-            self.log("train/clip_fraction", clipped / optimizer_steps, sync_dist=True)
-            self._clip_sums.zero_()
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

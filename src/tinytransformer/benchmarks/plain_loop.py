@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from tinytransformer.batches import RandomWindowBatches
 from tinytransformer.benchmarks.machine import synchronize
@@ -57,7 +58,7 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
         raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU here; use --preset cpu-small")
     hp = build_module(cfg, dm).hparams  # the module's own resolved settings (fused AdamW or not)
     return PlainRecipe(
-        dict(hp.model), dict(hp.optimizer), dict(hp.scheduler), float(cfg.trainer.gradient_clip_val or 0),
+        dict(hp.model), dict(hp.optimizer), dict(hp.scheduler), float(OmegaConf.select(cfg, "callbacks.gradient_clipping.max_norm", default=0) or 0),
         cfg.seed, cfg.data.batch_size, precision == "bf16-mixed", bool(cfg.model.compile),
         torch.device("cuda" if gpu else "cpu"),
     )  # fmt: skip
