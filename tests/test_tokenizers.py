@@ -87,3 +87,35 @@ def test_token_char_lengths_count_characters():
 def test_unknown_tokenizer_kind_is_a_user_error():
     with pytest.raises(UserError, match="data.tokenizer"):
         create_tokenizer("bpe", TEXT)
+
+
+def test_one_token_dtype_rule_the_smallest_unsigned_type_that_holds_every_id():
+    import numpy as np
+
+    from tinytransformer.tokenizers import token_dtype
+
+    assert [token_dtype(v) for v in (2, 256, 257, 65536, 65537)] == [
+        np.uint8,
+        np.uint8,
+        np.uint16,
+        np.uint16,
+        np.uint32,
+    ]
+
+
+def test_in_memory_tokens_and_the_token_cache_store_ids_alike(tmp_path):
+    import numpy as np
+
+    from tinytransformer.datamodule import DataConfig, TextDataModule
+    from tinytransformer.token_cache import cached_char_tokens
+
+    text = "".join(chr(0x400 + i) for i in range(300)) * 20  # 300 distinct characters: uint16 ids
+    file = tmp_path / "wide.txt"
+    file.write_text(text)
+    cached, tokenizer, _ = cached_char_tokens(file, tmp_path / "cache")
+    inline = DataConfig(corpus="inline", text=text, val_text=text[:2000], test_fraction=0.0, block_size=8)
+    dm = TextDataModule(inline, seed=0)
+    dm.setup("fit")
+    in_memory = np.asarray(dm.splits["train"])
+    assert cached.dtype == in_memory.dtype == np.uint16
+    assert np.array_equal(np.asarray(cached), tokenizer.encode_array(text))

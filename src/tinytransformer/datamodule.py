@@ -20,7 +20,7 @@ from tinytransformer.corpora import (
 )
 from tinytransformer.errors import UserError
 from tinytransformer.token_cache import cached_char_tokens
-from tinytransformer.tokenizers import Tokenizer, create_tokenizer, tokenizer_from_dict
+from tinytransformer.tokenizers import Tokenizer, create_tokenizer, token_dtype, tokenizer_from_dict
 
 
 @dataclass
@@ -141,8 +141,7 @@ class TextDataModule(L.LightningDataModule):
         return self._encode(self.corpus.text)
 
     def _encode(self, text: str) -> np.ndarray:
-        dtype = np.uint8 if self.tokenizer.vocab_size <= 256 else np.int32
-        return self.tokenizer.encode_array(text).astype(dtype)
+        return self.tokenizer.encode_array(text).astype(token_dtype(self.tokenizer.vocab_size))
 
     def _check_vocabulary(self, text: str) -> None:
         unknown = self.tokenizer.unknown_chars(text)

@@ -27,7 +27,7 @@ import numpy as np
 
 from tinytransformer.errors import UserError
 from tinytransformer.runs import write_json_atomic
-from tinytransformer.tokenizers import CharTokenizer
+from tinytransformer.tokenizers import CharTokenizer, token_dtype
 
 CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)
@@ -142,9 +142,7 @@ def cached_char_tokens(
         )
     vocab_id = hashlib.sha256("".join(tokenizer.chars).encode()).hexdigest()[:16]
     tokens_file = entry / f"tokens-{vocab_id}.bin"
-    dtype = (
-        np.uint8 if tokenizer.vocab_size <= 256 else np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    )
+    dtype = token_dtype(tokenizer.vocab_size)
     if not _reusable(tokens_file, dtype, num_chars, tokenizer.vocab_size):
         _write_tokens(path, encoding, key, tokenizer, tokens_file, num_chars, dtype)
     # Copy-on-write: torch wants a writable array; nothing writes to it, so no page is ever copied.

@@ -18,6 +18,12 @@ MASK_CHAR = "\u2400"  # '␀': stands for a masked input character (data.augment
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """The one rule for storing token ids, in memory and in caches: the smallest unsigned type that holds
+    every id. Windows are gathered from it on the CPU and cast to int64 (torch indexes uint16/uint32)."""
+    return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
 class CharTokenizer:
     """One token per character; the vocabulary is the sorted set of characters of a text."""
 
