@@ -3,6 +3,9 @@ torch.optim one YAML, all outside src/ (tests/extensions/); each trains, resumes
 evaluates, and shows up in compare_runs and the hparams."""
 
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -95,27 +98,52 @@ def hparams(run: Path) -> dict:
     return {k: v.string_value or v.number_value for k, v in values.items()}
 
 
-def test_they_show_up_in_the_hparams_and_in_compare_runs(tmp_path):
-    choices = ["model=tiny,gru", "optimizer=adamw,sgd", "regularization=none,confidence_penalty"]
-    sweep = [*BASE, "trainer.max_steps=20", *choices, f"paths.log_dir={tmp_path}"]
-    done = run_cli("train.py", "-m", *sweep, env=ON_PATH)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (sweep_dir,) = tmp_path.glob("train/multiruns/*/*")
+def extending_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("## Extending") : text.index("## Code map")]
+
+
+def test_the_readme_shows_every_extension_file_as_it_is():
+    shown = set()
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", extending_section(), re.S):
+        if lang in ("python", "yaml"):
+            path = re.search(r"^# (tests/extensions/\S+?)(:|$)", body, re.M).group(1)
+            content = body.split("\n", 1)[1] if lang == "python" else body  # python: a path line first
+            assert content == (ROOT / path).read_text(), path
+            shown.add(path)
+    files = {str(p.relative_to(ROOT)) for p in EXTENSIONS.rglob("*") if p.suffix in (".py", ".yaml")}
+    assert shown == files
+
+
+def test_the_readmes_commands_run_and_the_sweep_compares_every_extension(tmp_path):
+    """Each command of the README's Extending section, as written (a short run: a few overrides appended)."""
+    (commands,) = re.findall(r"```bash\n(.*?)```", extending_section(), re.S)
+    small = [*(o for o in TINY_RUN if not o.startswith("model=")), "trainer.max_steps=20", "test=false"]
+    small.append(f"paths.log_dir={tmp_path}")
+    run_dir = sweep_dir = None
+    for line in commands.strip().splitlines():
+        filled = line.replace("$PWD", str(ROOT)).replace("<run dir>", str(run_dir))
+        words = shlex.split(filled.replace("<sweep dir>", str(sweep_dir)))
+        env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+        args = [w for w in words if not re.match(r"^[A-Z_]+=", w)][1:]  # without `python`
+        if args[0] == "scripts/train.py":
+            args += small
+        done = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}
+        )
+        assert done.returncode == 0, (line, done.stderr[-2000:])
+        runs = sorted(tmp_path.glob("train/runs/*/*"))
+        run_dir = runs[-1] if runs else None
+        sweep_dir = next(tmp_path.glob("train/multiruns/*/*"), None)
     every = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd,regularization=confidence_penalty")))
     assert (every["model"], every["d_model"], every["optimizer"]) == ("GRULanguageModel", 64, "SGD")
     assert every["confidence_penalty.beta"] == pytest.approx(0.1)
-    none = hparams(next(sweep_dir.glob("*_model=tiny,optimizer=adamw,regularization=none")))
+    none = hparams(next(sweep_dir.glob("*_model=default,optimizer=adamw,regularization=none")))
     assert none.keys() == every.keys() and none["confidence_penalty.beta"] == 0  # the same columns
-    compared = subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", str(sweep_dir)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert compared.returncode == 0, compared.stderr
-    rows = [
-        line.split("|")[1].strip() for line in compared.stdout.splitlines() if line.startswith("| model=")
-    ]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| model=")]
     assert sorted(rows) == [
         f"model={m}, optimizer={o}, regularization={r}"
-        for m in ("gru", "tiny")
+        for m in ("default", "gru")
         for o in ("adamw", "sgd")
         for r in ("confidence_penalty", "none")
     ]
