@@ -1,6 +1,7 @@
 import collections
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -129,3 +130,20 @@ def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_
     # The bar still shows the last logged train loss (read at its refreshes).
     bar = next(c for c in step_watch.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
     assert re.search(r"train/loss=\d\.\d{3}", bar.postfix), bar.postfix
+
+
+def test_a_job_leaves_threads_matmul_precision_and_compiled_graphs_as_it_found_them(monkeypatch):
+    from tinytransformer.callbacks import processes
+
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
+    with processes.isolated_job():
+        torch.set_num_threads(threads + 1)
+        torch.set_float32_matmul_precision("medium" if precision != "medium" else "high")
+    assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
+    assert resets == [True]  # dynamo's caches dropped: the next job compiles its own model
+    started = processes._jobs_started
+    with processes.isolated_job():
+        assert processes.job_start_time() == pytest.approx(time.time(), abs=1)  # a later job: now
+    assert processes._jobs_started == started + 1

@@ -38,7 +38,8 @@ class GradientClipping(L.Callback):
         clipped, steps = self._sums
         if trainer.sanity_checking or not steps > 0:
             return
-        pl_module.log("train/clip_fraction", clipped / steps, sync_dist=True)
+        # No sync_dist: DDP averages gradients before this hook, so every rank counts the same steps.
+        pl_module.log("train/clip_fraction", clipped / steps)
         self._sums.zero_()
 
     def state_dict(self) -> dict[str, Any]:
