@@ -228,3 +228,10 @@ def test_finished_running_stopped_killed_and_failed_runs_are_told_apart(tmp_path
     ]
     # The holder is gone (killed): the kernel dropped its lock, so the same run now reads as killed.
     assert "- 1_seed=2: killed: no process holds it" in compare(tmp_path)
+
+
+def test_a_run_stopped_before_its_first_validation_is_listed_as_stopped(tmp_path):
+    early = {"best_val_loss": float("nan"), "status": "interrupted", "stop_reason": "SIGTERM", "steps": 7}
+    run = make_job(tmp_path, 0, ["seed=1"], metrics=early)
+    line = f"- 0_seed=1: stopped by SIGTERM (no validation yet); resume with: python scripts/train.py resume={run}"
+    assert line in compare(tmp_path)

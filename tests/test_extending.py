@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,14 @@ def test_importing_the_model_imports_no_lightning_and_no_hydra():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_run_dir_written_before_models_were_swappable_resumes(tmp_path):
+    """Its config has no model._target_, optimizer.name instead of a class, trainer.gradient_clip_val."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE.parent / "run-14a602d", run)
+    assert "name: adamw" in (run / ".hydra" / "config.yaml").read_text()
+    done = run_cli("train.py", f"resume={run}", "trainer.max_steps=30")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["status"], metrics["steps"], metrics["final_val_step"]) == ("finished", 30, 30)

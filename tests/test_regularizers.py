@@ -8,7 +8,7 @@ from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer
-from tinytransformer.regularizers import LabelSmoothing, StochasticDepth, build_regularizers
+from tinytransformer.regularizers import LabelSmoothing, build_regularizers
 from tinytransformer.training import train
 
 RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
@@ -111,7 +111,9 @@ def test_a_run_with_it_trains_differently_and_logs_every_regularizers_value_as_a
     plain_dir = tmp_path / "plain"
     plain = train(compose_train(RUN, plain_dir), plain_dir)
     assert results["steps"] == plain["steps"] == 20
-    assert results["final_train_loss"] != plain["final_train_loss"]  # it changed training
+    assert (
+        results["final_val_loss"] != plain["final_val_loss"]
+    )  # it changed the weights (val loss is plain CE)
     regularized, baseline = logged_hparams(tmp_path), logged_hparams(plain_dir)
     assert regularized.keys() == baseline.keys()  # the same columns for every run of a sweep
     assert regularized[f"{name}.{key}"] == pytest.approx(value) and baseline[f"{name}.{key}"] == 0
@@ -124,4 +126,10 @@ def test_an_unknown_regularizer_argument_is_one_line(tmp_path):
         build_regularizers(
             {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "p": 0.1}}, model()
         )
-    assert isinstance(StochasticDepth(), StochasticDepth)
+    spec = {"_target_": "tinytransformer.regularizers.LabelSmoothing", "smoothing": 1.5}
+    with pytest.raises(UserError, match=r"^regularizers.ls: smoothing must be in \[0, 1\), got 1.5"):
+        build_regularizers({"ls": spec}, None)  # checked before a model exists (the CLI's pre-flight)
+    with pytest.raises(UserError, match=r"^regularizers.sd: Linear has no `blocks`"):
+        build_regularizers(
+            {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth"}}, torch.nn.Linear(2, 2)
+        )

@@ -61,12 +61,12 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
     """Compose (first value of each sweep) and validate; returns the composed config with `hydra`."""
     cfg = compose_config(config_dir, config_name, overrides, with_hydra=True)
     if not multirun:
-        from tinytransformer.config import to_plain, validate
-        from tinytransformer.specs import resolve
+        from tinytransformer.config import validate
 
-        validate(cfg)
-        for key in ("model", "optimizer"):  # the class importable, its arguments known, before any work
-            resolve({k: v for k, v in to_plain(cfg[key]).items() if k != "compile"}, key)
+        validate(cfg)  # first: a typo costs no torch or Lightning import
+        from tinytransformer.training import check_components
+
+        check_components(cfg)  # every class importable and its arguments known, before any work
     return cfg
 
 
@@ -85,7 +85,8 @@ def train_main() -> None:
         if resume:
             run_dir = runs.check_resumable(resume, multirun)
             runs.check_resume_overrides(overrides, CONFIG_DIR)
-            runs.lock_run_dir(run_dir)  # before Hydra writes its .hydra/resume-<time>/ there
+            if distributed.is_rank_zero():  # before Hydra writes its .hydra/resume-<time>/ there
+                runs.lock_run_dir(run_dir)
             config_dir, config_name = run_dir / ".hydra", "config"
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
@@ -166,7 +167,6 @@ def _hydra_train(cfg) -> float | None:
     """The Hydra task: train one job; in a sweep, a failing job is recorded and the sweep goes on."""
     import logging
     import signal
-    import traceback
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -199,6 +199,8 @@ def _hydra_train(cfg) -> float | None:
         with isolated_job():
             results = train(cfg, output_dir, ckpt_path=ckpt)
     except OSError as err:
+        if isinstance(err, ConnectionError | TimeoutError):  # DDP's sockets, not a write
+            return _job_failed(err, output_dir, multirun, hc.job.num)
         _write_failed(err, output_dir, hc.job.num if multirun else None, Path(hc.sweep.dir))
         return None
     except RunInterrupted as err:
@@ -208,28 +210,38 @@ def _hydra_train(cfg) -> float | None:
             signal.raise_signal(signal.SIGUSR2)
         sys.exit(err.exit_code)
     except (UserError, NonFiniteLoss) as err:
-        if not cfg.get("resume") or isinstance(err, NonFiniteLoss):  # a refused resume is no failed run
+        # Not recorded: a refused resume (the run is as it was), a run dir another process writes.
+        if not isinstance(err, runs.RunDirInUse) and (
+            not cfg.get("resume") or isinstance(err, NonFiniteLoss)
+        ):
             runs.record_failure(output_dir, str(err))
         if not multirun:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR if isinstance(err, UserError) else 1)
+            sys.exit(err.exit_code if isinstance(err, UserError) else 1)
         log.error(f"job {hc.job.num} failed: {err}")
         return None
     except Exception as err:
-        if not multirun:
-            raise
-        runs.record_failure(output_dir, f"{type(err).__name__}: {err}")
-        log.error(f"job {hc.job.num} failed:\n{traceback.format_exc()}")
-        return None
+        return _job_failed(err, output_dir, multirun, hc.job.num)
     finally:
         runs.release_run_dir(output_dir)
     return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
 
 
+def _job_failed(err: Exception, output_dir: Path, multirun: bool, job: int) -> None:
+    """A bug: a single run keeps its traceback; a sweep records the job as failed and goes on."""
+    import logging
+    import traceback
+
+    if not multirun:
+        raise err
+    runs.record_failure(output_dir, f"{type(err).__name__}: {err}")
+    logging.getLogger("tinytransformer").error(f"job {job} failed:\n{traceback.format_exc()}")
+
+
 def _quiet_os_errors_in_threads(args) -> None:
-    """A failed write in a writer thread (TensorBoard's) reaches the run at its next write, which reports
-    it in one line: no thread traceback before it."""
-    if not issubclass(args.exc_type, OSError):
+    """A failed write in TensorBoard's writer thread reaches the run at its next write, which reports it in
+    one line: no thread traceback before it. Any other thread's error keeps its traceback."""
+    if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
         threading.__excepthook__(args)
 
 

@@ -62,7 +62,8 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         """Ran to its end, validated at its last step: it belongs in the table."""
-        return self.status == FINISHED and self.metrics is not None
+        best = (self.metrics or {}).get("best_val_loss")
+        return self.status == FINISHED and best is not None and math.isfinite(best)
 
     def state_line(self) -> str:
         """Why the run is not in the table, in one line."""
@@ -74,7 +75,7 @@ class RunRecord:
         if self.status == RUNNING:
             return f"running ({results}; held by {lock_holder(self.dir)})"
         if self.status == INTERRUPTED:
-            return f"stopped by {self.metrics.get('stop_reason')} ({results}); {resume}"
+            return f"stopped by {(self.metrics or {}).get('stop_reason')} ({results}); {resume}"
         return f"killed: no process holds it and it did not finish ({results}); {resume}"
 
 
@@ -133,8 +134,8 @@ def load_run(run_dir: Path, name: str | None = None) -> RunRecord:
     if failure is None and stop_reason.startswith("non_finite"):
         failure = stop_reason
     status = run_status(run_dir, metrics, failure)
-    if metrics is not None and not math.isfinite(metrics.get("best_val_loss", math.inf)):
-        metrics = None  # metrics.json from before the first validation: nothing to compare yet
+    if failure is None and status == FAILED:  # a bug ended it: metrics.json says so, no failed.json
+        failure = str(metrics.get("stop_reason"))
     return RunRecord(name, run_dir, setting, seed, metrics, failure, status)
 
 
@@ -148,7 +149,7 @@ def run_status(run_dir: Path, metrics: dict[str, Any] | None, failure: str | Non
     if status is None and metrics is not None:  # written before metrics.json had a status
         stop_reason = str(metrics.get("stop_reason", ""))
         status = INTERRUPTED if stop_reason.startswith("SIG") else FINISHED if stop_reason else None
-    return status if status in (FINISHED, INTERRUPTED) else KILLED
+    return status if status in (FINISHED, INTERRUPTED, FAILED) else KILLED
 
 
 def _natural_key(path: Path) -> list:

@@ -186,6 +186,8 @@ class TextDataModule(L.LightningDataModule):
         import torch
 
         tokens = torch.from_numpy(np.ascontiguousarray(self.splits[split]))
+        if torch.device(device).type != "cpu" and tokens.dtype in (torch.uint16, torch.uint32):
+            tokens = tokens.to(torch.int32)  # indexing unsigned types beyond uint8 is a CPU-only certainty
         return tokens.to(device)
 
     def eval_batches(

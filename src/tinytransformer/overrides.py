@@ -122,7 +122,11 @@ def _first_value(override) -> str:
 
 
 def override_value(overrides: list[str], key: str) -> str | None:
+    """The value an override list gives `key`, as Hydra parses it (quotes removed), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     for o in overrides:
         if o.split("=", 1)[0] == key and "=" in o:
-            return o.split("=", 1)[1] or None
+            value = OverridesParser.create().parse_override(o).value()
+            return str(value) if value not in (None, "") else None
     return None

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinytransformer.batches import IGNORE_INDEX
+from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 
 
@@ -49,9 +50,11 @@ class LabelSmoothing(Regularizer):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if self.smoothing == 0:
             return loss
-        scored = targets.flatten() != IGNORE_INDEX
-        uniform = -F.log_softmax(logits.flatten(0, 1)[scored].float(), dim=-1).mean(-1).mean()
-        return (1 - self.smoothing) * loss + self.smoothing * uniform
+        # Recomputed rather than mixed into `loss`: no boolean mask over ignored targets (a host sync).
+        flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
+        return F.cross_entropy(
+            flat_logits, flat_targets, ignore_index=IGNORE_INDEX, label_smoothing=self.smoothing
+        )
 
 
 class StochasticDepth(Regularizer):
@@ -94,12 +97,17 @@ def _drop_branch(p: float):
     return hook
 
 
-def build_regularizers(specs: dict[str, dict], model: nn.Module) -> list[Regularizer]:
-    """The regularizers of `regularizers:` in the config (name -> spec), attached to `model`."""
+def build_regularizers(specs: dict[str, dict], model: nn.Module | None) -> list[Regularizer]:
+    """The regularizers of `regularizers:` in the config (name -> spec), attached to `model` (None: only
+    built, to check them); a value or model they refuse is a UserError naming the key."""
     built = []
     for name, spec in specs.items():
         cls, arguments = resolve(spec, f"regularizers.{name}")
-        regularizer = cls(**arguments)
-        regularizer.attach(model)
+        try:
+            regularizer = cls(**arguments)
+            if model is not None:
+                regularizer.attach(model)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise UserError(f"regularizers.{name}: {err}; fix its values in regularizers.{name}.*") from None
         built.append(regularizer)
     return built

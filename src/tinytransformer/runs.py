@@ -30,7 +30,7 @@ RUNNING, INTERRUPTED, FAILED, FINISHED = "running", "interrupted", "failed", "fi
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file + rename: a kill or a full disk mid-write leaves the previous file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several processes may write one file
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -121,10 +121,10 @@ def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
     """Hydra overrides that continue `run_dir` in place, keeping its earlier .hydra/ files."""
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     return [
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={quoted(str(run_dir))}",  # a sweep job's dir has `=` and `,` in its name
         "hydra.job.name=train",
         f"hydra.output_subdir=.hydra/resume-{stamp}",
-        f"hydra.searchpath=[file://{config_dir}]",
+        f"hydra.searchpath=[{quoted(f'file://{config_dir}')}]",
         "hydra/job_logging=tinytransformer",
     ]
 
@@ -142,6 +142,10 @@ def refuse_existing_run(run_dir: str) -> None:
         raise UserError(
             f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir} or choose a new dir"
         )
+
+
+class RunDirInUse(UserError):
+    """Another live process holds the run dir's lock."""
 
 
 # Run dirs this process holds, path -> open lock file. The kernel drops an flock when its holder dies, so a
@@ -168,7 +172,7 @@ def lock_run_dir(run_dir: str | Path) -> None:
             if attempt == 4:
                 holder = lock_holder_text(handle)
                 handle.close()
-                raise UserError(
+                raise RunDirInUse(
                     f"{path} is in use by {holder}; wait for that run to end (or stop it), or write to another dir"
                 ) from None
             time.sleep(0.1)

@@ -20,7 +20,8 @@ _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
     """The one rule for storing token ids, in memory and in caches: the smallest unsigned type that holds
-    every id. Windows are gathered from it on the CPU and cast to int64 (torch indexes uint16/uint32)."""
+    every id. On the CPU, windows are gathered from it directly (torch indexes uint16/uint32 there); the
+    datamodule copies uint16/uint32 ids to other devices as int32."""
     return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 

@@ -20,9 +20,12 @@ from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import flat_hparams, known_regularizers, to_plain, validate
 from tinytransformer.datamodule import DataConfig, TextDataModule
 from tinytransformer.distributed import is_rank_zero
+from tinytransformer.model import DEFAULT_MODEL
 from tinytransformer.module import LanguageModel
-from tinytransformer.optim import resume_schedule
+from tinytransformer.optim import optimizer_class, resume_schedule
+from tinytransformer.regularizers import build_regularizers
 from tinytransformer.runs import FINISHED
+from tinytransformer.specs import resolve
 from tinytransformer.strategies import launch_settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,15 @@ def resumed_schedule(ckpt: dict[str, Any], planned: dict[str, Any], on_resume: s
     if is_rank_zero():
         log.info(line)
     return schedule
+
+
+def check_components(cfg: DictConfig) -> None:
+    """A UserError, before any work, for a model, optimizer or regularizer spec that cannot be built:
+    the builders' own checks, with their fallbacks for configs saved before `_target_` keys."""
+    model_spec = {k: v for k, v in to_plain(cfg.model).items() if k != "compile"}
+    resolve(model_spec, "model", default=DEFAULT_MODEL)
+    optimizer_class(to_plain(cfg.optimizer))
+    build_regularizers(to_plain(cfg.regularizers) if cfg.get("regularizers") else {}, model=None)
 
 
 def _fused_supported(accelerator: str) -> bool:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinytransformer.callbacks.resume import RunInterrupted
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
 
 LN2 = math.log(2)
@@ -78,7 +79,7 @@ class RunSummary(L.Callback):
     ) -> None:
         self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
         self.state["steps"] = trainer.global_step
-        self.state["status"] = INTERRUPTED if hasattr(exception, "exit_code") else FAILED
+        self.state["status"] = INTERRUPTED if isinstance(exception, RunInterrupted) else FAILED
         self.write(trainer)
 
     def summary(self) -> dict[str, Any]:
