@@ -21,13 +21,13 @@ from tinytransformer.runs import (
     FAILED_FILE,
     FINISHED,
     INTERRUPTED,
+    METRICS,
     RUNNING,
     is_locked,
     lock_holder,
     write_atomic,
 )
 
-METRICS = "metrics.json"
 REPORT = "comparison.md"
 CURVES = "val_curves.png"
 KILLED = "killed"  # not finished, and no process holds the run dir: resume it
@@ -214,7 +214,7 @@ def markdown_table(groups: list[SettingGroup]) -> str:
     """One row per setting, in the order given."""
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|---|" + "--:|" * (len(_COLUMNS) - 2) + "---|"]
     for g in groups:
-        reasons = sorted({str(r.metrics.get("stop_reason", "(running or killed)")) for r in g.runs})
+        reasons = sorted({str(r.metrics.get("stop_reason")) for r in g.runs})
         cells = [
             g.label.replace("|", "\\|"),
             str(len(g.runs)),

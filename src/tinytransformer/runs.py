@@ -28,7 +28,7 @@ LOCK = "run.lock"  # held (an OS lock) by the process that writes the run dir
 RUNNING, INTERRUPTED, FAILED, FINISHED = "running", "interrupted", "failed", "finished"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write via a temporary file + rename: a kill or a full disk mid-write leaves the previous file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several processes may write one file
     try:
