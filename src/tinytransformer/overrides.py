@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from tinytransformer.errors import UserError
+from tinytransformer.runs import quoted
 
 _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
 
@@ -59,12 +60,7 @@ def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
 def quoted_override(override: str) -> str | None:
     """`key='value'`, quoted and escaped as Hydra's grammar wants; None if `override` has no value."""
     key, sep, value = override.partition("=")
-    if not sep or not value:
-        return None
-    # In a quoted value a backslash escapes only a quote or the backslashes right before one.
-    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
-    return f"{key}='{escaped}'"
+    return f"{key}={quoted(value)}" if sep and value else None
 
 
 def quote_if_needed(override: str) -> str:

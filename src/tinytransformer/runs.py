@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from datetime import datetime
@@ -236,8 +237,10 @@ def pinned_dirs(cfg, overrides: list[str]) -> list[str]:
 
 
 def quoted(value: str) -> str:
-    """A Hydra override value that stays one value (a path with `,` or `=` would not)."""
-    return "'" + value.replace("'", "\\'") + "'"
+    """`value` as one quoted Hydra override value (a path with `,` or `=`, a non-ASCII prompt)."""
+    # In a quoted value a backslash escapes only a quote or the backslashes right before one.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 def check_writable(directory: Path) -> None:
