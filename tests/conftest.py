@@ -12,9 +12,9 @@ import lightning as L
 import pytest
 import torch
 
-from tinytransformer import training
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.overrides import compose_config
+from tinytransformer.training import recipe
 
 # Two torch processes with 2 threads each thrash a 2-core machine; tests and their subprocesses use 1.
 torch.set_num_threads(1)
@@ -125,6 +125,6 @@ class StepWatch(L.Callback):
 
 @pytest.fixture
 def step_watch(monkeypatch) -> StepWatch:
-    watch, build_callbacks = StepWatch(), training.build_callbacks
-    monkeypatch.setattr(training, "build_callbacks", lambda *args: [*build_callbacks(*args), watch])
+    watch, build_callbacks = StepWatch(), recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), watch])
     return watch

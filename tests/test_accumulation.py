@@ -12,9 +12,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, compose_train, run_cli
 from tests.test_resume import assert_same_state
 
-from tinytransformer import training
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
+from tinytransformer.training import recipe
 
 ACCUMULATE = 2
 # Dropout and augmentation draw per micro-batch; validation (trainer.val_check_interval counts optimizer
@@ -55,9 +55,9 @@ class MicroBatches(L.Callback):
 
 
 def train_watched(overrides: list[str], out: Path, monkeypatch, ckpt_path: str | None = None) -> MicroBatches:
-    watch, build_callbacks = MicroBatches(), training.build_callbacks
-    monkeypatch.setattr(training, "build_callbacks", lambda *args: [*build_callbacks(*args), watch])
-    training.train(compose_train(overrides, out), out, ckpt_path=ckpt_path)
+    watch, build_callbacks = MicroBatches(), recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), watch])
+    recipe.train(compose_train(overrides, out), out, ckpt_path=ckpt_path)
     return watch
 
 

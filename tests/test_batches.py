@@ -2,16 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from tinytransformer.batches import (
+from tinytransformer.data.batches import (
     IGNORE_INDEX,
     Augment,
     RandomWindowBatches,
     StridedEvalBatches,
     strided_windows,
 )
-from tinytransformer.datasets import SimpleTextDataset, create_dataloader
+from tinytransformer.data.simple import SimpleTextDataset, create_dataloader
+from tinytransformer.data.tokenizers import create_tokenizer
 from tinytransformer.errors import UserError
-from tinytransformer.tokenizers import create_tokenizer
 
 TOKENS = np.arange(1000, dtype=np.int32) % 251
 

@@ -3,7 +3,6 @@ import statistics
 
 import pytest
 
-from tinytransformer import tiny_world
 from tinytransformer.benchmarks.data import write_big_text
 from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
 from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
@@ -16,8 +15,9 @@ from tinytransformer.benchmarks.training import (
     preset_overrides,
     run_benchmark,
 )
+from tinytransformer.data import tiny_world
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import auto_precision
+from tinytransformer.training.recipe import auto_precision
 
 
 def test_flops_per_token_of_nanogpts_cpu_config_is_six_per_weight_plus_attention():

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tinytransformer import corpora, tiny_world
+from tinytransformer.data import corpora, tiny_world
 from tinytransformer.errors import UserError, WriteFailed
 
 SMALL_TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"

@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 
-from tinytransformer.datamodule import DataConfig, TextDataModule, split_tokens
+from tinytransformer.data.datamodule import DataConfig, TextDataModule, split_tokens
+from tinytransformer.data.tokenizers import create_tokenizer
 from tinytransformer.errors import UserError
-from tinytransformer.tokenizers import create_tokenizer
 
 
 def test_splits_are_contiguous_disjoint_and_cover_the_stream():

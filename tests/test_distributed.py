@@ -17,9 +17,9 @@ import torch
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
-from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.overrides import compose_config
-from tinytransformer.strategies import SpawnDDPStrategy, launch_settings
+from tinytransformer.training.ddp import SpawnDDPStrategy, launch_settings
 
 # Long enough for the val loss to settle near 0.35 (from 3.3), so 2 % is well above the noise of the window
 # stream and far below what a broken DDP gives (equal windows on both ranks: a batch of 32, ~14 % worse).

@@ -177,8 +177,17 @@ def test_a_checkpoint_written_before_models_were_swappable_still_generates_and_e
 
 def test_importing_the_model_imports_no_lightning_and_no_hydra():
     code = (
-        "import sys, tinytransformer.model, tinytransformer.generation, tinytransformer.tokenizers; "
+        "import sys, tinytransformer.model, tinytransformer.model.generation, tinytransformer.data.tokenizers; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'hydra', 'omegaconf'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_core_imports_no_benchmark():
+    code = (
+        "import sys, tinytransformer.cli, tinytransformer.compare, tinytransformer.inference, "
+        "tinytransformer.training.recipe; print(sorted(m for m in sys.modules if 'benchmarks' in m))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -188,7 +197,8 @@ def test_a_run_dir_written_before_models_were_swappable_resumes(tmp_path):
     """Its config has no model._target_, optimizer.name instead of a class, trainer.gradient_clip_val."""
     run = tmp_path / "run"
     shutil.copytree(FIXTURE.parent / "run-14a602d", run)
-    assert "name: adamw" in (run / ".hydra" / "config.yaml").read_text()
+    saved = (run / ".hydra" / "config.yaml").read_text()
+    assert "name: adamw" in saved and "_target_: tinytransformer.callbacks.SampleGeneration" in saved  # moved
     done = run_cli("train.py", f"resume={run}", "trainer.max_steps=30")
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())

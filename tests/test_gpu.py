@@ -11,10 +11,10 @@ from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, compose_train, run_cl
 
 from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint
 from tinytransformer.cli import compose_cli
-from tinytransformer.generation import generate
 from tinytransformer.inference import evaluate_checkpoint
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import train
+from tinytransformer.model.generation import generate
+from tinytransformer.training.recipe import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

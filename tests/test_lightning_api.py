@@ -14,9 +14,9 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from tinytransformer.cli import ROOT
-from tinytransformer.strategies import SpawnDDPStrategy, _CallbackStateLauncher
+from tinytransformer.training.ddp import SpawnDDPStrategy, _CallbackStateLauncher
 
-USED_BY = "tinytransformer/strategies.py (SpawnDDPStrategy, _CallbackStateLauncher) uses it"
+USED_BY = "tinytransformer/training/ddp.py (SpawnDDPStrategy, _CallbackStateLauncher) uses it"
 
 
 def signature(function) -> str:

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinytransformer.generation import filter_logits, generate
-from tinytransformer.model import TinyTransformer, attend
+from tinytransformer.model.generation import filter_logits, generate
+from tinytransformer.model.transformer import TinyTransformer, attend
 
 
 def make_model(**kwargs) -> TinyTransformer:

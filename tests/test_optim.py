@@ -5,7 +5,7 @@ import torch
 
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
-from tinytransformer.optim import (
+from tinytransformer.training.optim import (
     build_optimizer,
     lr_factor,
     parameter_groups,

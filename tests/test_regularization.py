@@ -8,11 +8,11 @@ from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.config import validate
 from tinytransformer.curves import read_scalars
-from tinytransformer.datamodule import DataConfig, TextDataModule
+from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.errors import UserError
-from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import train
+from tinytransformer.model.generation import generate
+from tinytransformer.training.recipe import train
 
 QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=none", "test=false"]
 
@@ -26,7 +26,7 @@ def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path
 
 
 def test_gradient_clipping_is_a_callback_that_bounds_the_update_and_drops_like_any_other(tmp_path):
-    from tinytransformer.callbacks.clipping import GradientClipping
+    from tinytransformer.training.callbacks.clipping import GradientClipping
 
     model = torch.nn.Linear(4, 4)
     model(torch.randn(8, 4)).pow(2).sum().mul(1e3).backward()

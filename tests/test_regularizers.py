@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.generation import generate
 from tinytransformer.model import TinyTransformer
-from tinytransformer.regularizers import LabelSmoothing, build_regularizers
-from tinytransformer.training import train
+from tinytransformer.model.generation import generate
+from tinytransformer.training.recipe import train
+from tinytransformer.training.regularizers import LabelSmoothing, build_regularizers
 
 RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
 
@@ -33,7 +33,7 @@ def test_stochastic_depth_drops_whole_branches_per_sequence():
     torch.manual_seed(1)
     net = model()
     build_regularizers(
-        {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.5}}, net
+        {"sd": {"_target_": "tinytransformer.training.regularizers.StochasticDepth", "drop_prob": 0.5}}, net
     )
     outputs = []
     net.blocks[3].mlp.register_forward_hook(lambda m, a, out: outputs.append(out))  # runs after the drop
@@ -49,7 +49,7 @@ def test_stochastic_depth_drops_whole_branches_per_sequence():
 def test_stochastic_depth_keeps_the_expected_branch_output():
     net = model()
     build_regularizers(
-        {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.4}}, net
+        {"sd": {"_target_": "tinytransformer.training.regularizers.StochasticDepth", "drop_prob": 0.4}}, net
     )
     seen = []
     mlp = net.blocks[1].mlp  # block 2 of 4: p = 0.4 * 2/4 = 0.2
@@ -68,8 +68,8 @@ def test_stochastic_depth_keeps_the_expected_branch_output():
 @pytest.mark.parametrize(
     "spec",
     [
-        {"_target_": "tinytransformer.regularizers.StochasticDepth", "drop_prob": 0.5},
-        {"_target_": "tinytransformer.regularizers.LabelSmoothing", "smoothing": 0.3},
+        {"_target_": "tinytransformer.training.regularizers.StochasticDepth", "drop_prob": 0.5},
+        {"_target_": "tinytransformer.training.regularizers.LabelSmoothing", "smoothing": 0.3},
     ],
 )
 def test_regularizers_are_off_in_evaluation_and_generation(spec):
@@ -124,12 +124,13 @@ def test_an_unknown_regularizer_argument_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match=r"^regularizers.sd.p: StochasticDepth takes no argument 'p'"):
         build_regularizers(
-            {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth", "p": 0.1}}, model()
+            {"sd": {"_target_": "tinytransformer.training.regularizers.StochasticDepth", "p": 0.1}}, model()
         )
-    spec = {"_target_": "tinytransformer.regularizers.LabelSmoothing", "smoothing": 1.5}
+    spec = {"_target_": "tinytransformer.training.regularizers.LabelSmoothing", "smoothing": 1.5}
     with pytest.raises(UserError, match=r"^regularizers.ls: smoothing must be in \[0, 1\), got 1.5"):
         build_regularizers({"ls": spec}, None)  # checked before a model exists (the CLI's pre-flight)
     with pytest.raises(UserError, match=r"^regularizers.sd: Linear has no `blocks`"):
         build_regularizers(
-            {"sd": {"_target_": "tinytransformer.regularizers.StochasticDepth"}}, torch.nn.Linear(2, 2)
+            {"sd": {"_target_": "tinytransformer.training.regularizers.StochasticDepth"}},
+            torch.nn.Linear(2, 2),
         )

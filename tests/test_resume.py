@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
-from tinytransformer.callbacks.hparams import mark_restart
+from tinytransformer.training.callbacks.hparams import mark_restart
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
 RUN = [

@@ -8,10 +8,10 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer import training
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
-from tinytransformer.optim import warmup_cosine
+from tinytransformer.training import recipe
+from tinytransformer.training.optim import warmup_cosine
 
 # A cosine run of 20 steps (5 of warm-up, down to 0.1 x lr), extended to 40 on resume.
 FIRST = [*TINY_RUN, "trainer.max_steps=20", "optimizer.lr=0.003", "test=false"]
@@ -32,11 +32,11 @@ class LearningRates(L.Callback):
 
 def run_and_resume(overrides: list[str], out: Path, monkeypatch, caplog) -> tuple[dict, list[str]]:
     """Run FIRST in `out`, resume it there with `overrides`: (the lr by resumed step, its `schedule:` lines)."""
-    training.train(compose_train(FIRST, out), out)
-    lrs, build_callbacks = LearningRates(), training.build_callbacks
-    monkeypatch.setattr(training, "build_callbacks", lambda *args: [*build_callbacks(*args), lrs])
+    recipe.train(compose_train(FIRST, out), out)
+    lrs, build_callbacks = LearningRates(), recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), lrs])
     with caplog.at_level(logging.INFO, logger="tinytransformer"):
-        training.train(compose_train(overrides, out), out, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
+        recipe.train(compose_train(overrides, out), out, ckpt_path=str(out / "checkpoints" / "last.ckpt"))
     return lrs.by_step, [m for m in caplog.messages if m.startswith("schedule:")]
 
 

@@ -11,10 +11,10 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
 
-from tinytransformer.callbacks.hparams import HP_METRICS
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.compare import compare
 from tinytransformer.runs import sweep_job_name
+from tinytransformer.training.callbacks.hparams import HP_METRICS
 
 # Job number -> its dir name. model.dropout=-0.5 is out of range: jobs 2 and 3 fail, 4 and 5 still run.
 JOBS = {

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from tinytransformer import tiny_world
-from tinytransformer.tiny_world import Choice, Literal
+from tinytransformer.data import tiny_world
+from tinytransformer.data.tiny_world import Choice, Literal
 
 
 def test_grammar_is_unambiguous_and_probabilities_sum_to_one():

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytransformer import token_cache
+from tinytransformer.data import token_cache
+from tinytransformer.data.token_cache import cached_char_tokens
+from tinytransformer.data.tokenizers import MASK_CHAR, CharTokenizer
 from tinytransformer.errors import UserError
-from tinytransformer.token_cache import cached_char_tokens
-from tinytransformer.tokenizers import MASK_CHAR, CharTokenizer
 
 
 @pytest.fixture

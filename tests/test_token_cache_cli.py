@@ -2,7 +2,7 @@
 
 from tests.conftest import TINY_RUN, run_cli
 
-from tinytransformer import tiny_world
+from tinytransformer.data import tiny_world
 
 
 def test_a_corrupt_token_cache_is_rebuilt_with_one_line_and_the_run_trains(tmp_path):

@@ -1,7 +1,6 @@
 import pytest
 
-from tinytransformer.errors import UserError
-from tinytransformer.tokenizers import (
+from tinytransformer.data.tokenizers import (
     MASK_CHAR,
     SPECIAL_TOKENS,
     CharTokenizer,
@@ -9,6 +8,7 @@ from tinytransformer.tokenizers import (
     create_tokenizer,
     tokenizer_from_dict,
 )
+from tinytransformer.errors import UserError
 
 TEXT = "The cat sat on the mat. The cat sat on the hat."
 
@@ -92,7 +92,7 @@ def test_unknown_tokenizer_kind_is_a_user_error():
 def test_one_token_dtype_rule_the_smallest_unsigned_type_that_holds_every_id():
     import numpy as np
 
-    from tinytransformer.tokenizers import token_dtype
+    from tinytransformer.data.tokenizers import token_dtype
 
     assert [token_dtype(v) for v in (2, 256, 257, 65536, 65537)] == [
         np.uint8,
@@ -106,8 +106,8 @@ def test_one_token_dtype_rule_the_smallest_unsigned_type_that_holds_every_id():
 def test_in_memory_tokens_and_the_token_cache_store_ids_alike(tmp_path):
     import numpy as np
 
-    from tinytransformer.datamodule import DataConfig, TextDataModule
-    from tinytransformer.token_cache import cached_char_tokens
+    from tinytransformer.data.datamodule import DataConfig, TextDataModule
+    from tinytransformer.data.token_cache import cached_char_tokens
 
     text = "".join(chr(0x400 + i) for i in range(300)) * 20  # 300 distinct characters: uint16 ids
     file = tmp_path / "wide.txt"

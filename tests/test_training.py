@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, StepWatch, compose_train
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tinytransformer import training
-from tinytransformer.batches import RandomWindowBatches
-from tinytransformer.callbacks import StepProgressBar
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.config import validate
+from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import train
+from tinytransformer.training import recipe
+from tinytransformer.training.callbacks import StepProgressBar
+from tinytransformer.training.recipe import train
 
 GROUP_EXTRAS = {("data", "text_file"): ["data.path=/tmp/x.txt"]}
 
@@ -82,10 +82,10 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(
     monkeypatch, accelerator, cuda_bf16, cpu_amx, expected
 ):
-    monkeypatch.setattr(training, "_cpu_has_amx", lambda: cpu_amx)
+    monkeypatch.setattr(recipe, "_cpu_has_amx", lambda: cpu_amx)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bool(cuda_bf16))
-    assert training.auto_precision(accelerator) == expected
+    assert recipe.auto_precision(accelerator) == expected
 
 
 def test_a_bf16_mixed_cpu_run_records_its_precision_and_learns(tmp_path):
@@ -101,7 +101,7 @@ def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):
     assert cfg.trainer.precision == "auto"
     train(cfg, tmp_path)
     recorded = json.loads((tmp_path / "metrics.json").read_text())["precision"]
-    assert recorded == training.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")
+    assert recorded == recipe.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")
 
 
 class HostReads(TorchDispatchMode):
@@ -133,7 +133,7 @@ def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_
 
 
 def test_a_job_leaves_threads_matmul_precision_and_compiled_graphs_as_it_found_them(monkeypatch):
-    from tinytransformer.callbacks import processes
+    from tinytransformer.training.callbacks import processes
 
     threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
     resets = []

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from tinytransformer.data.tokenizers import Tokenizer, tokenizer_from_dict
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
-from tinytransformer.tokenizers import Tokenizer, tokenizer_from_dict
 
 
 def resolve_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:

@@ -12,9 +12,10 @@ import sys
 import threading
 from pathlib import Path
 
-from tinytransformer import distributed, runs
+from tinytransformer import runs
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
 from tinytransformer.overrides import compose_config, override_value, parse_args
+from tinytransformer.training import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "conf"
@@ -64,7 +65,7 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
         from tinytransformer.config import validate
 
         validate(cfg)  # first: a typo costs no torch or Lightning import
-        from tinytransformer.training import check_components
+        from tinytransformer.training.recipe import check_components
 
         check_components(cfg)  # every class importable and its arguments known, before any work
     return cfg
@@ -74,8 +75,8 @@ def train_main() -> None:
     """`python scripts/train.py [key=value ...]`, `-m` for sweeps, `resume=<run dir>` to continue a run."""
     project_env()
     argv = sys.argv[1:]
-    if distributed.relaunched_by_lightning():  # a DDP rank > 0: Lightning completed its command line
-        sys.argv = [sys.argv[0], *argv, *distributed.QUIET_RANK_OVERRIDES]
+    if launch.relaunched_by_lightning():  # a DDP rank > 0: Lightning completed its command line
+        sys.argv = [sys.argv[0], *argv, *launch.QUIET_RANK_OVERRIDES]
         hydra_train()
         return
     overrides, multirun, hydra_flag = parse_args(argv)
@@ -85,21 +86,21 @@ def train_main() -> None:
         if resume:
             run_dir = runs.check_resumable(resume, multirun)
             runs.check_resume_overrides(overrides, CONFIG_DIR)
-            if distributed.is_rank_zero():  # before Hydra writes its .hydra/resume-<time>/ there
+            if launch.is_rank_zero():  # before Hydra writes its .hydra/resume-<time>/ there
                 runs.lock_run_dir(run_dir)
             config_dir, config_name = run_dir / ".hydra", "config"
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
             cfg = preflight(config_dir, config_name, overrides + extra, multirun)
             multirun = multirun or str(cfg.hydra.get("mode")).endswith("MULTIRUN")  # a sweep set by a config
-            distributed.check_launch(cfg, multirun)
-            if not multirun and not resume and distributed.is_rank_zero():
+            launch.check_launch(cfg, multirun)
+            if not multirun and not resume and launch.is_rank_zero():
                 runs.refuse_existing_run(cfg.hydra.run.dir)
-            if distributed.under_torchrun():  # one run dir for all ranks, written by rank 0
-                extra += distributed.torchrun_overrides(cfg, overrides + extra)
+            if launch.under_torchrun():  # one run dir for all ranks, written by rank 0
+                extra += launch.torchrun_overrides(cfg, overrides + extra)
             else:  # Hydra would compose `${now:...}` again: keep the dir that was checked here
                 extra += runs.pinned_dirs(cfg, overrides + extra)
-            if distributed.is_rank_zero():
+            if launch.is_rank_zero():
                 claim_output_dir(cfg, multirun)
     except UserError as err:
         fail(str(err), err.exit_code)
@@ -172,17 +173,17 @@ def _hydra_train(cfg) -> float | None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from tinytransformer.callbacks.processes import isolated_job
-    from tinytransformer.callbacks.resume import RunInterrupted
-    from tinytransformer.module import NonFiniteLoss
-    from tinytransformer.training import train
+    from tinytransformer.training.callbacks.processes import isolated_job
+    from tinytransformer.training.callbacks.resume import RunInterrupted
+    from tinytransformer.training.lightning_module import NonFiniteLoss
+    from tinytransformer.training.recipe import train
 
     log = logging.getLogger("tinytransformer")
     threading.excepthook = _quiet_os_errors_in_threads
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    rank_zero = distributed.is_rank_zero()
+    rank_zero = launch.is_rank_zero()
     if not rank_zero:  # one train.log, rank 0's (SLURM starts every task with Hydra's log handlers)
         _drop_file_handlers(logging.getLogger())
     ckpt = str(Path(cfg.resume) / "checkpoints" / runs.LAST) if cfg.get("resume") else None

@@ -15,8 +15,8 @@ from tinytransformer.checkpoints import (
 )
 from tinytransformer.config import check_value
 from tinytransformer.errors import UserError
-from tinytransformer.generation import generate
-from tinytransformer.metrics import LanguageModelMetrics
+from tinytransformer.model.generation import generate
+from tinytransformer.training.metrics import LanguageModelMetrics
 
 _INT, _NUM = (int,), (int, float)
 
@@ -74,7 +74,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
 @torch.no_grad()
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Loss, bits/char, perplexity and accuracy of a checkpoint on its run's val/test splits."""
-    from tinytransformer.datamodule import DataConfig, TextDataModule  # loads Lightning: only here
+    from tinytransformer.data.datamodule import DataConfig, TextDataModule  # loads Lightning: only here
 
     ckpt = load_checkpoint(cfg.ckpt_path)
     hp = ckpt["hyper_parameters"]

@@ -1,11 +1,11 @@
-"""A regularizer from outside src/: one class behind tinytransformer.regularizers' interface, plus one YAML
+"""A regularizer from outside src/: one class behind tinytransformer.training.regularizers' interface, plus one YAML
 (tests/extensions/conf/regularization/confidence_penalty.yaml)."""
 
 from __future__ import annotations
 
 import torch
 
-from tinytransformer.regularizers import Regularizer
+from tinytransformer.training.regularizers import Regularizer
 
 
 class ConfidencePenalty(Regularizer):

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from tinytransformer.batches import RandomWindowBatches
 from tinytransformer.benchmarks.machine import synchronize
+from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
-from tinytransformer.optim import build_optimizer, warmup_cosine
-from tinytransformer.training import build_module, on_gpu
+from tinytransformer.training.optim import build_optimizer, warmup_cosine
+from tinytransformer.training.recipe import build_module, on_gpu
 
 
 @dataclass

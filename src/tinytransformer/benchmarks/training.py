@@ -29,13 +29,13 @@ from tinytransformer.benchmarks.machine import (
     synchronize,
 )
 from tinytransformer.benchmarks.plain_loop import Segment, plain_recipe, plain_round
-from tinytransformer.callbacks import RunSummary
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer, build_model
 from tinytransformer.overrides import compose_config
-from tinytransformer.training import (
+from tinytransformer.training.callbacks import RunSummary
+from tinytransformer.training.recipe import (
     build_callbacks,
     build_datamodule,
     build_module,

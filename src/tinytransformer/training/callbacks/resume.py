@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tinytransformer.callbacks.steps import OptimizerStepCallback
 from tinytransformer.runs import LAST, write_atomic
+from tinytransformer.training.callbacks.steps import OptimizerStepCallback
 
 # SIGUSR2: SLURM's notice before a time limit (submitit's --signal), after which submitit requeues the job.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tinytransformer import tiny_world
+from tinytransformer.data import tiny_world
 from tinytransformer.errors import UserError, WriteFailed, os_error_line
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -162,7 +162,7 @@ def create_tokenizer(kind: str = "char", text: str | None = None, with_mask: boo
     if kind == "simple":
         if text is not None:
             return SimpleTokenizer.from_text(text, with_mask)
-        from tinytransformer.tiny_world import words
+        from tinytransformer.data.tiny_world import words
 
         return SimpleTokenizer(sorted(set(words()) | {".", ","}))
     raise UserError(f"data.tokenizer: unknown tokenizer {kind!r}; use 'char' or 'simple'")

@@ -13,20 +13,20 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from tinytransformer.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
-from tinytransformer.callbacks.processes import ProcessSetup, job_start_time, log_lightning_via_root
-from tinytransformer.callbacks.resume import AtomicCheckpointIO, LastCheckpoint
 from tinytransformer.checkpoints import load_checkpoint
-from tinytransformer.config import flat_hparams, known_regularizers, to_plain, validate
-from tinytransformer.datamodule import DataConfig, TextDataModule
-from tinytransformer.distributed import is_rank_zero
+from tinytransformer.config import flat_hparams, known_regularizers, to_plain, upgrade_targets, validate
+from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.model import DEFAULT_MODEL
-from tinytransformer.module import LanguageModel
-from tinytransformer.optim import optimizer_class, resume_schedule
-from tinytransformer.regularizers import build_regularizers
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
-from tinytransformer.strategies import launch_settings
+from tinytransformer.training.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
+from tinytransformer.training.callbacks.processes import ProcessSetup, job_start_time, log_lightning_via_root
+from tinytransformer.training.callbacks.resume import AtomicCheckpointIO, LastCheckpoint
+from tinytransformer.training.ddp import launch_settings
+from tinytransformer.training.launch import is_rank_zero
+from tinytransformer.training.lightning_module import LanguageModel
+from tinytransformer.training.optim import optimizer_class, resume_schedule
+from tinytransformer.training.regularizers import build_regularizers
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _config_dirs(group: str) -> list[Path]:
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():  # composed without Hydra's run (tests): the repo's conf/
-        return [Path(__file__).resolve().parents[2] / "conf" / group]
+        return [Path(__file__).resolve().parents[3] / "conf" / group]
     sources = HydraConfig.get().runtime.config_sources
     return [Path(s.path) / group for s in sources if s.schema == "file" and (Path(s.path) / group).is_dir()]
 
@@ -181,6 +181,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
     """Train (or resume from `ckpt_path`) as `cfg` says, writing everything under `output_dir`."""
+    upgrade_targets(cfg)
     validate(cfg)
     resolve_precision(cfg)
     output_dir = Path(output_dir)

@@ -9,8 +9,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from tinytransformer.batches import Augment, RandomWindowBatches, StridedEvalBatches
-from tinytransformer.corpora import (
+from tinytransformer.data.batches import Augment, RandomWindowBatches, StridedEvalBatches
+from tinytransformer.data.corpora import (
     Corpus,
     inline_corpus,
     shakespeare_corpus,
@@ -18,9 +18,9 @@ from tinytransformer.corpora import (
     text_file_corpus,
     tiny_world_corpus,
 )
+from tinytransformer.data.token_cache import cached_char_tokens
+from tinytransformer.data.tokenizers import Tokenizer, create_tokenizer, token_dtype, tokenizer_from_dict
 from tinytransformer.errors import UserError
-from tinytransformer.token_cache import cached_char_tokens
-from tinytransformer.tokenizers import Tokenizer, create_tokenizer, token_dtype, tokenizer_from_dict
 
 
 @dataclass

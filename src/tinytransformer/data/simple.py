@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tinytransformer.data.tokenizers import Tokenizer
 from tinytransformer.errors import UserError
-from tinytransformer.tokenizers import Tokenizer
 
 
 class SimpleTextDataset(Dataset):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tinytransformer.data.tokenizers import CharTokenizer, token_dtype
 from tinytransformer.errors import UserError
 from tinytransformer.runs import write_json_atomic
-from tinytransformer.tokenizers import CharTokenizer, token_dtype
 
 CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)

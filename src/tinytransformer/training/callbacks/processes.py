@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from tinytransformer.callbacks.summary import process_start_time
+from tinytransformer.training.callbacks.summary import process_start_time
 
 
 def log_lightning_via_root() -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinytransformer.batches import IGNORE_INDEX
+from tinytransformer.data.batches import IGNORE_INDEX
 from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 
-from tinytransformer import tiny_world
+from tinytransformer.data import tiny_world
 
 _WORD = re.compile(r"[A-Za-z']+")
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MinMetric
 
-from tinytransformer.batches import IGNORE_INDEX, mix_seed
-from tinytransformer.metrics import LanguageModelMetrics
+from tinytransformer.data.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.model import build_model
-from tinytransformer.optim import build_optimizer, lr_factor
-from tinytransformer.regularizers import build_regularizers
+from tinytransformer.training.metrics import LanguageModelMetrics
+from tinytransformer.training.optim import build_optimizer, lr_factor
+from tinytransformer.training.regularizers import build_regularizers
 
 
 class NonFiniteLoss(Exception):
@@ -43,7 +43,7 @@ class LanguageModel(L.LightningModule):
         data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
         seed: seeds dropout per training batch, making a resumed run's dropout masks those of an
             uninterrupted one.
-        regularizers: specs of the regularizers that need code, by name (tinytransformer.regularizers).
+        regularizers: specs of the regularizers that need code, by name (tinytransformer.training.regularizers).
     """
 
     def __init__(

@@ -27,8 +27,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from tinytransformer.callbacks.resume import LastCheckpoint, RunInterrupted
-from tinytransformer.distributed import launcher_world
+from tinytransformer.training.callbacks.resume import LastCheckpoint, RunInterrupted
+from tinytransformer.training.launch import launcher_world
 
 
 def launch_settings(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:

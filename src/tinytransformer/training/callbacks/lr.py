@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinytransformer.callbacks.steps import OptimizerStepCallback
+from tinytransformer.training.callbacks.steps import OptimizerStepCallback
 
 
 class LearningRateLogger(OptimizerStepCallback):

@@ -7,10 +7,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from tinytransformer.batches import mix_seed
-from tinytransformer.callbacks.steps import OptimizerStepCallback
-from tinytransformer.generation import generate
-from tinytransformer.quality import SampleScorer
+from tinytransformer.data.batches import mix_seed
+from tinytransformer.data.quality import SampleScorer
+from tinytransformer.model.generation import generate
+from tinytransformer.training.callbacks.steps import OptimizerStepCallback
 
 
 class SampleGeneration(OptimizerStepCallback):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from tinytransformer.batches import IGNORE_INDEX
+from tinytransformer.data.batches import IGNORE_INDEX
 
 
 class LanguageModelMetrics(Metric):

@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinytransformer.callbacks.resume import RunInterrupted
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
+from tinytransformer.training.callbacks.resume import RunInterrupted
 
 LN2 = math.log(2)
 
