@@ -138,9 +138,11 @@ def test_the_readmes_commands_run_and_the_sweep_compares_every_extension(tmp_pat
         sweep_dir = next(tmp_path.glob("train/multiruns/*/*"), None)
     every = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd,regularization=confidence_penalty")))
     assert (every["model"], every["d_model"], every["optimizer"]) == ("GRULanguageModel", 64, "SGD")
-    assert every["confidence_penalty.beta"] == pytest.approx(0.1)
+    assert every["regularizers.confidence_penalty.beta"] == pytest.approx(0.1)
     none = hparams(next(sweep_dir.glob("*_model=default,optimizer=adamw,regularization=none")))
-    assert none.keys() == every.keys() and none["confidence_penalty.beta"] == 0  # the same columns
+    assert (
+        none.keys() == every.keys() and none["regularizers.confidence_penalty.beta"] == 0
+    )  # the same columns
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| model=")]
     assert sorted(rows) == [
         f"model={m}, optimizer={o}, regularization={r}"

@@ -116,7 +116,8 @@ def test_a_run_with_it_trains_differently_and_logs_every_regularizers_value_as_a
     )  # it changed the weights (val loss is plain CE)
     regularized, baseline = logged_hparams(tmp_path), logged_hparams(plain_dir)
     assert regularized.keys() == baseline.keys()  # the same columns for every run of a sweep
-    assert regularized[f"{name}.{key}"] == pytest.approx(value) and baseline[f"{name}.{key}"] == 0
+    assert regularized[f"regularizers.{name}.{key}"] == pytest.approx(value)
+    assert baseline[f"regularizers.{name}.{key}"] == 0
 
 
 def test_an_unknown_regularizer_argument_is_one_line(tmp_path):

@@ -26,8 +26,11 @@ JOBS = {
     5: "model.dropout=0.2,seed=2",
 }
 FINISHED = (0, 1, 4, 5)
-ISSUE_KEYS = {"dropout", "weight_decay", "gradient_clip_val", "mask_prob", "substitute_prob", "patience"}
-ISSUE_KEYS |= {"min_delta", "seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}
+# Every key a conf/regularization/ YAML sets, named by its override key, and what was trained.
+ISSUE_KEYS = {"model.dropout", "optimizer.weight_decay", "callbacks.gradient_clipping.max_norm"}
+ISSUE_KEYS |= {"data.augment.mask_prob", "data.augment.substitute_prob", "callbacks.early_stopping.patience"}
+ISSUE_KEYS |= {"regularizers.label_smoothing.smoothing", "regularizers.stochastic_depth.drop_prob"}
+ISSUE_KEYS |= {"seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def hparams_of(run_dir: Path) -> tuple[dict, dict[str, list[float]]]:
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = HParamsPluginData.FromString(content).session_start_info
     params = {key: value.WhichOneof("kind") for key, value in info.hparams.items()}
-    params |= {key: info.hparams[key].number_value for key in ("dropout", "seed")}
+    params |= {key: info.hparams[key].number_value for key in ("model.dropout", "seed")}
     metrics = {tag: [e.value for e in events.Scalars(tag)] for tag in HP_METRICS}
     return params, metrics
 
@@ -69,14 +72,14 @@ def test_every_job_logs_the_same_hparam_keys_with_real_metric_values(sweep):
     key_sets = []
     for num in FINISHED:
         params, metrics = hparams_of(job_dir(sweep_dir, num))
-        assert params["dropout"] == pytest.approx(0.2 if num >= 4 else 0.0)
+        assert params["model.dropout"] == pytest.approx(0.2 if num >= 4 else 0.0)
         assert params["seed"] == 1 + num % 2
         for tag, values in metrics.items():
             assert math.isnan(values[0]) and math.isfinite(values[-1]), tag  # registered, then measured
         assert 0 < metrics["hp/val_loss_best"][-1] < 5 and metrics["hp/best_step"][-1] in (20, 40)
-        key_sets.append({key: kind for key, kind in params.items() if key not in ("dropout", "seed")})
+        key_sets.append({key: kind for key, kind in params.items() if key not in ("model.dropout", "seed")})
     assert all(keys == key_sets[0] for keys in key_sets)  # same keys, same types: one HPARAMS table
-    assert ISSUE_KEYS - {"dropout", "seed"} <= set(key_sets[0])
+    assert ISSUE_KEYS - {"model.dropout", "seed"} <= set(key_sets[0])
 
 
 def test_a_failing_job_is_recorded_with_its_reason_and_the_sweep_goes_on(sweep):

@@ -9,10 +9,8 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tinytransformer.errors import UserError
@@ -141,75 +139,3 @@ def upgrade_targets(node: DictConfig | ListConfig) -> None:
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain Python data (safe for checkpoints and weights_only loading)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-
-
-def flat_hparams(cfg: DictConfig, known_regularizers: dict[str, dict] | None = None) -> dict[str, Any]:
-    """The flat hyperparameters every run logs to TensorBoard: always the same keys, for sweeps.
-
-    The regularizers that need code add `<name>.<argument>` keys (regularizer_hparams).
-    """
-    c = cfg
-    es = OmegaConf.select(c, "callbacks.early_stopping", default=None) or {}
-    return {
-        "seed": c.seed,
-        "corpus": c.data.corpus,
-        "tokenizer": c.data.tokenizer,
-        "block_size": c.data.block_size,
-        "batch_size": c.data.batch_size,
-        "accumulate_grad_batches": OmegaConf.select(c, "trainer.accumulate_grad_batches", default=1),
-        "model": c.model.get("_target_", "TinyTransformer").rpartition(".")[
-            2
-        ],  # none: saved before it existed
-        # Another model class may not take these: 0 then, so every run of a sweep logs the same keys.
-        "d_model": c.model.get("d_model", 0),
-        "n_heads": c.model.get("n_heads", 0),
-        "n_layers": c.model.get("n_layers", 0),
-        "dropout": float(c.model.get("dropout", 0.0)),
-        "optimizer": str(c.optimizer.get("_target_") or c.optimizer.get("name")).rpartition(".")[2],
-        "lr": float(c.optimizer.get("lr", 0.0)),
-        "weight_decay": float(c.optimizer.get("weight_decay", 0.0)),
-        "scheduler": c.scheduler.name,
-        "max_steps": c.trainer.max_steps,
-        "precision": str(c.trainer.precision),
-        "gradient_clip_val": float(
-            OmegaConf.select(c, "callbacks.gradient_clipping.max_norm", default=0) or 0
-        ),
-        "mask_prob": float(c.data.augment.mask_prob),
-        "substitute_prob": float(c.data.augment.substitute_prob),
-        "patience": int(es.get("patience", 0) or 0),
-        "min_delta": float(es.get("min_delta", 0.0) or 0.0),
-        **regularizer_hparams(cfg, known_regularizers or {}),
-    }
-
-
-def regularizer_hparams(cfg: DictConfig, known: dict[str, dict]) -> dict[str, Any]:
-    """`<name>.<argument>` of the regularizers this run uses (their values) and of the others `known` (the
-    regularization group's YAMLs: off, 0), so every run of a sweep logs the same keys, from the config."""
-    used = to_plain(cfg.regularizers) if cfg.get("regularizers") else {}
-    params = {}
-    for name, spec in sorted({**known, **used}.items()):
-        for argument, value in spec.items():
-            if not argument.startswith("_"):
-                params[f"{name}.{argument}"] = _hparam(value if name in used else _off(value))
-    return params
-
-
-def known_regularizers(group_dirs: list[Path]) -> dict[str, dict]:
-    """The `regularizers:` entries of every YAML in the given `regularization/` config group dirs."""
-    known: dict[str, dict] = {}
-    for group in group_dirs:
-        for file in sorted(group.glob("*.yaml")):
-            entries = (yaml.safe_load(file.read_text()) or {}).get("regularizers") or {}
-            known.update({name: spec for name, spec in entries.items() if isinstance(spec, dict)})
-    return known
-
-
-def _off(value: Any) -> Any:
-    """A regularizer's argument when it is not used: 0 of its type."""
-    if isinstance(value, bool):
-        return False
-    return 0 if isinstance(value, int | float) else ""
-
-
-def _hparam(value: Any) -> Any:
-    return value if isinstance(value, bool | int | float | str) else str(value)

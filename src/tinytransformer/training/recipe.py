@@ -14,8 +14,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from tinytransformer.checkpoints import load_checkpoint
-from tinytransformer.config import flat_hparams, known_regularizers, to_plain, upgrade_targets, validate
+from tinytransformer.config import to_plain, upgrade_targets, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
+from tinytransformer.hparams import flat_hparams
 from tinytransformer.model import DEFAULT_MODEL
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
@@ -100,23 +101,13 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, summary: RunSummary) -> l
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [
         summary,
-        HParamsLogger(flat_hparams(cfg, known_regularizers(_config_dirs("regularization")))),
+        HParamsLogger(flat_hparams(cfg)),
         LearningRateLogger(),
         LastCheckpoint(output_dir / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps),
         StepProgressBar(refresh_rate=max(1, min(50, cfg.trainer.max_steps // 20))),
         ProcessSetup(cfg.trainer.get("threads_per_process"), _job_logging()),
     ]
     return callbacks
-
-
-def _config_dirs(group: str) -> list[Path]:
-    """The dirs of a config group on this run's config search path (conf/, hydra.searchpath)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # composed without Hydra's run (tests): the repo's conf/
-        return [Path(__file__).resolve().parents[3] / "conf" / group]
-    sources = HydraConfig.get().runtime.config_sources
-    return [Path(s.path) / group for s in sources if s.schema == "file" and (Path(s.path) / group).is_dir()]
 
 
 def _job_logging() -> dict | None:

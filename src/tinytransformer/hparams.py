@@ -1,0 +1,120 @@
+"""The flat hyperparameters a run logs (TensorBoard's HPARAMS tab), derived from its config.
+
+Two kinds of keys, the same in every run of a sweep (TensorBoard builds its columns from the first runs):
+- what was trained: corpus, model class and size, optimizer, lr, schedule, steps, precision;
+- every regularization value: each key that a YAML in the config's `regularization/` dirs sets, named by its
+  override key (`model.dropout`, `callbacks.early_stopping.patience`), and each argument of a regularizer
+  that needs code (`regularizers.label_smoothing.smoothing`). A new YAML there adds its keys, with no list to edit; a run
+  without one logs it as off (0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from tinytransformer.config import to_plain
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def flat_hparams(cfg: DictConfig, group_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The run's hparams; `group_dirs`: the `regularization/` config dirs (default: this run's)."""
+    values, regularizers = regularization_settings(group_dirs or config_dirs("regularization"))
+    return {
+        **trained(cfg),
+        **{key: _hparam(_select(cfg, key, off=_off(value))) for key, value in sorted(values.items())},
+        **regularizer_hparams(cfg, regularizers),
+    }
+
+
+def trained(cfg: DictConfig) -> dict[str, Any]:
+    """What was trained; a model class without d_model (etc.) logs 0, so every run logs the same keys."""
+    model, optimizer = cfg.model, cfg.optimizer
+    return {
+        "seed": cfg.seed,
+        "corpus": cfg.data.corpus,
+        "tokenizer": cfg.data.tokenizer,
+        "block_size": cfg.data.block_size,
+        "batch_size": cfg.data.batch_size,
+        "accumulate_grad_batches": _select(cfg, "trainer.accumulate_grad_batches", off=1),
+        "model": _class_name(model.get("_target_") or "TinyTransformer"),  # none: saved before it existed
+        "d_model": model.get("d_model", 0),
+        "n_heads": model.get("n_heads", 0),
+        "n_layers": model.get("n_layers", 0),
+        "optimizer": _class_name(optimizer.get("_target_") or optimizer.get("name")),
+        "lr": float(optimizer.get("lr", 0.0)),
+        "scheduler": cfg.scheduler.name,
+        "max_steps": cfg.trainer.max_steps,
+        "precision": str(cfg.trainer.precision),
+    }
+
+
+def regularization_settings(group_dirs: list[Path]) -> tuple[dict[str, Any], dict[str, dict]]:
+    """(Each dotted key the YAMLs in `group_dirs` set, with its value there; the specs of the regularizers
+    that need code, by name), from every YAML in those dirs."""
+    values: dict[str, Any] = {}
+    regularizers: dict[str, dict] = {}
+    for group in group_dirs:
+        for file in sorted(group.glob("*.yaml")):
+            entries = yaml.safe_load(file.read_text()) or {}
+            specs = entries.pop("regularizers", None) or {}
+            regularizers.update({name: spec for name, spec in specs.items() if isinstance(spec, dict)})
+            entries.pop("defaults", None)
+            values.update(_leaves(entries))
+    return values, regularizers
+
+
+def regularizer_hparams(cfg: DictConfig, known: dict[str, dict]) -> dict[str, Any]:
+    """`regularizers.<name>.<argument>` of the regularizers this run uses (their values) and of the others `known`
+    (off: 0)."""
+    used = to_plain(cfg.regularizers) if cfg.get("regularizers") else {}
+    params = {}
+    for name, spec in sorted({**known, **used}.items()):
+        for argument, value in spec.items():
+            if not argument.startswith("_"):
+                params[f"regularizers.{name}.{argument}"] = _hparam(value if name in used else _off(value))
+    return params
+
+
+def config_dirs(group: str) -> list[Path]:
+    """The dirs of a config group on this run's config search path (conf/, hydra.searchpath)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed without Hydra's run (tests): the repo's conf/
+        return [CONFIG_DIR / group]
+    sources = HydraConfig.get().runtime.config_sources
+    return [Path(s.path) / group for s in sources if s.schema == "file" and (Path(s.path) / group).is_dir()]
+
+
+def _leaves(node: dict, prefix: str = "") -> dict[str, Any]:
+    leaves = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def _select(cfg: DictConfig, key: str, off: Any) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    return off if value is None else value
+
+
+def _class_name(target: Any) -> str:
+    return str(target).rpartition(".")[2]
+
+
+def _off(value: Any) -> Any:
+    """A setting's value when it is not used: 0 of its type."""
+    if isinstance(value, bool):
+        return False
+    return 0 if isinstance(value, int | float) else ""
+
+
+def _hparam(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) else str(value)
