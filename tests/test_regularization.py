@@ -14,13 +14,13 @@ from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
 from tinytransformer.training.recipe import train
 
-QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=none", "test=false"]
+QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=minimal", "test=false"]
 
 
 @pytest.mark.parametrize(("clip", "fraction"), [(1e-6, 1.0), (0, 0.0)], ids=["every step", "off"])
 def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path, clip, fraction):
-    clipping = ["callbacks=gradient_clipping", f"callbacks.gradient_clipping.max_norm={clip}"]
-    train(compose_train([*(o for o in QUICK if o != "callbacks=none"), *clipping], tmp_path), tmp_path)
+    clipping = ["callbacks=[minimal,gradient_clipping]", f"callbacks.gradient_clipping.max_norm={clip}"]
+    train(compose_train([*(o for o in QUICK if o != "callbacks=minimal"), *clipping], tmp_path), tmp_path)
     assert [v for _, v in read_scalars(tmp_path, "train/clip_fraction")] == [fraction, fraction]
     assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
 

@@ -63,7 +63,13 @@ def test_train_writes_summary_checkpoints_and_reports_metrics(tmp_path):
 
 def test_same_seed_and_config_give_identical_metrics(tmp_path):
     no_callbacks = [o for o in TINY_RUN if not o.startswith("callbacks.")]
-    overrides = [*no_callbacks, "model.dropout=0.1", "trainer.max_steps=20", "callbacks=none", "test=false"]
+    overrides = [
+        *no_callbacks,
+        "model.dropout=0.1",
+        "trainer.max_steps=20",
+        "callbacks=minimal",
+        "test=false",
+    ]
     first = train(compose_train(overrides, tmp_path / "a"), tmp_path / "a")
     second = train(compose_train(overrides, tmp_path / "b"), tmp_path / "b")
     for key in ("best_val_loss", "final_train_loss", "final_val_loss"):

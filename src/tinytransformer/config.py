@@ -11,10 +11,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tinytransformer.errors import UserError
-from tinytransformer.specs import current_target
 
 Check = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]
 
@@ -123,17 +122,6 @@ def validate(cfg: DictConfig) -> None:
             f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction + cfg.data.test_fraction} "
             "leaves no training data; their sum must be < 1"
         )
-
-
-def upgrade_targets(node: DictConfig | ListConfig) -> None:
-    """Every `_target_` under `node` named as today, in place: a run dir saved before a module moved names
-    its old path (resuming it recomposes that saved config)."""
-    children = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
-    for key, value in list(children):
-        if key == "_target_" and isinstance(value, str):
-            node[key] = current_target(value)
-        elif isinstance(value, (DictConfig, ListConfig)):
-            upgrade_targets(value)
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -118,3 +118,8 @@ def _off(value: Any) -> Any:
 
 def _hparam(value: Any) -> Any:
     return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def register_resolver() -> None:
+    """`${run_hparams:}`, the run's flat_hparams, as conf/callbacks/hparams.yaml gives them to its callback."""
+    OmegaConf.register_new_resolver("run_hparams", lambda *, _root_: flat_hparams(_root_), replace=True)

@@ -30,7 +30,7 @@ def train_peak_rss_mb(path: Path, cache_dir: Path, steps: int) -> tuple[float, f
     args = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "data=text_file", f"data.path={path}",
         f"data.cache_dir={cache_dir}", f"paths.log_dir={cache_dir / 'logs'}", f"trainer.max_steps={steps}",
-        f"trainer.val_check_interval={steps}", "data.max_eval_chars=20000", "callbacks=none", "test=false",
+        f"trainer.val_check_interval={steps}", "data.max_eval_chars=20000", "callbacks=minimal", "test=false",
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

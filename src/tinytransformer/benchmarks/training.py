@@ -34,14 +34,12 @@ from tinytransformer.config import validate
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer, build_model
 from tinytransformer.overrides import compose_config
-from tinytransformer.training.callbacks import RunSummary
 from tinytransformer.training.recipe import (
     build_callbacks,
     build_datamodule,
     build_module,
     build_trainer,
     resolve_precision,
-    run_facts,
 )
 
 # The shared copy beside the repo; TINYSHAKESPEARE=<path> points elsewhere (e.g. on a GPU machine).
@@ -131,9 +129,8 @@ def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps
     output_dir.mkdir(parents=True)  # Hydra makes the run dir before train() runs
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg, dm)
-    summary = RunSummary(output_dir / "metrics.json", static=run_facts(cfg, dm, module))
     timer = StepWindowTimer(warmup, steps)
-    trainer = build_trainer(cfg, output_dir, [*build_callbacks(cfg, output_dir, summary), timer])
+    trainer = build_trainer(cfg, output_dir, [*build_callbacks(cfg), timer])
     trainer.fit(module, datamodule=dm, weights_only=True)
     if timer.segment is None:
         raise RuntimeError(

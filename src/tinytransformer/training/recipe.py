@@ -10,24 +10,26 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
+from tinytransformer import hparams
 from tinytransformer.checkpoints import load_checkpoint
-from tinytransformer.config import to_plain, upgrade_targets, validate
+from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
-from tinytransformer.hparams import flat_hparams
 from tinytransformer.model import DEFAULT_MODEL
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
-from tinytransformer.training.callbacks import HParamsLogger, LearningRateLogger, RunSummary, StepProgressBar
-from tinytransformer.training.callbacks.processes import ProcessSetup, job_start_time, log_lightning_via_root
-from tinytransformer.training.callbacks.resume import AtomicCheckpointIO, LastCheckpoint
+from tinytransformer.training.callbacks import RunSummary
+from tinytransformer.training.callbacks.processes import log_lightning_via_root
+from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
+from tinytransformer.training.callbacks.summary import stop_reason
 from tinytransformer.training.ddp import launch_settings
 from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import LanguageModel
 from tinytransformer.training.optim import optimizer_class, resume_schedule
 from tinytransformer.training.regularizers import build_regularizers
+from tinytransformer.upgrades import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +99,10 @@ def _fused_supported(accelerator: str) -> bool:
     return accelerator in ("cpu", "gpu", "cuda", "auto")
 
 
-def build_callbacks(cfg: DictConfig, output_dir: Path, summary: RunSummary) -> list[L.Callback]:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [
-        summary,
-        HParamsLogger(flat_hparams(cfg)),
-        LearningRateLogger(),
-        LastCheckpoint(output_dir / "checkpoints", every_n_steps=cfg.trainer.checkpoint_every_n_steps),
-        StepProgressBar(refresh_rate=max(1, min(50, cfg.trainer.max_steps // 20))),
-        ProcessSetup(cfg.trainer.get("threads_per_process"), _job_logging()),
-    ]
-    return callbacks
-
-
-def _job_logging() -> dict | None:
-    """Hydra's logging config of this run (console + train.log), for the processes ddp_spawn starts."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return to_plain(HydraConfig.get().job_logging) if HydraConfig.initialized() else None
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every callback the config lists (conf/callbacks/default.yaml: a default run's), from its YAML."""
+    hparams.register_resolver()  # conf/callbacks/hparams.yaml: `params: ${run_hparams:}`
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -154,25 +142,20 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    # Lightning adds a checkpoint callback and a progress bar of its own unless told not to: a run without
+    # ours (`~callbacks.last_checkpoint`, callbacks=none) gets none.
+    kwargs.setdefault("enable_checkpointing", any(isinstance(c, Checkpoint) for c in callbacks))
+    kwargs.setdefault("enable_progress_bar", any(isinstance(c, ProgressBar) for c in callbacks))
     if on_gpu(kwargs["accelerator"]):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
     launch = launch_settings(kwargs)
     launch["plugins"] = [*launch.get("plugins", []), AtomicCheckpointIO()]
-    trainer = L.Trainer(
-        default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False, **launch
-    )
-    world_size = trainer.num_devices * trainer.num_nodes
-    for summary in (c for c in callbacks if isinstance(c, RunSummary)):
-        summary.static.update(
-            world_size=world_size,
-            effective_batch_size=cfg.data.batch_size * trainer.accumulate_grad_batches * world_size,
-        )
-    return trainer
+    return L.Trainer(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False, **launch)
 
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
     """Train (or resume from `ckpt_path`) as `cfg` says, writing everything under `output_dir`."""
-    upgrade_targets(cfg)
+    upgrade(cfg)  # a resumed run dir's config may be older than this code
     validate(cfg)
     resolve_precision(cfg)
     output_dir = Path(output_dir)
@@ -183,21 +166,25 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     dm.setup("fit")
     module = build_module(cfg, dm, ckpt)
     del ckpt  # fit() loads it again: no second copy of the weights is held while training
-    summary = RunSummary(output_dir / "metrics.json", run_facts(cfg, dm, module), started=job_start_time())
-    callbacks = build_callbacks(cfg, output_dir, summary)
-    trainer = build_trainer(cfg, output_dir, callbacks)
+    trainer = build_trainer(cfg, output_dir, build_callbacks(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     best = best_checkpoint(trainer)
-    results = summary.summary()
+    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    # Without a RunSummary (callbacks=none) a run knows only where it stopped.
+    results = (
+        summary.summary() if summary else {"steps": trainer.global_step, "stop_reason": stop_reason(trainer)}
+    )
     if best:
         results["best_ckpt_path"] = best
     if cfg.get("test") and best and cfg.data.test_fraction > 0:
         results.update(test_best(trainer, module, dm, best))
-    summary.static.update(
-        {k: v for k, v in results.items() if k.startswith("test_") or k == "best_ckpt_path"}
-    )
-    summary.state["status"] = results["status"] = FINISHED
-    summary.write(trainer)
+    results["status"] = FINISHED
+    if summary:
+        summary.static.update(
+            {k: v for k, v in results.items() if k.startswith("test_") or k == "best_ckpt_path"}
+        )
+        summary.state["status"] = FINISHED
+        summary.write(trainer)
     if trainer.is_global_zero:
         log.info(format_summary(results, output_dir))
     return results
@@ -209,20 +196,6 @@ def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, bes
     module.load_state_dict(state)
     tested = trainer.test(module, datamodule=dm, verbose=False)
     return {k.replace("/", "_"): float(v) for k, v in tested[0].items()}
-
-
-def run_facts(cfg: DictConfig, dm: TextDataModule, module: LanguageModel) -> dict[str, Any]:
-    """What is known before training: it goes into metrics.json beside the results."""
-    facts = {
-        "vocab_size": dm.tokenizer.vocab_size,
-        "params": sum(p.numel() for p in module.model.parameters()),
-        "corpus": dm.corpus.name,
-        "train_tokens": len(dm.splits["train"]),
-        "precision": str(cfg.trainer.precision),
-    }
-    if dm.corpus.entropy_floor_bpc is not None:
-        facts["entropy_floor_bpc"] = dm.corpus.entropy_floor_bpc
-    return facts
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -23,11 +24,12 @@ class HParamsLogger(L.Callback):
     """Registers `params` with the hp/ metrics at fit start, then logs the metrics after each validation.
 
     TensorBoard builds its columns from the keys of the first runs it sees, so every run of a sweep must log
-    the same flat key set: `params` comes from `flat_hparams(cfg)`.
+    the same flat key set: conf/callbacks/hparams.yaml gives `params` as `${run_hparams:}`, the run's
+    `tinytransformer.hparams.flat_hparams`.
     """
 
-    def __init__(self, params: dict[str, Any]):
-        self.params = params
+    def __init__(self, params: Mapping[str, Any]):
+        self.params = {key: params[key] for key in params}  # plain values (a config node from the YAML)
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-
-from tinytransformer.training.callbacks.summary import process_start_time
 
 
 def log_lightning_via_root() -> None:
@@ -33,7 +33,8 @@ class ProcessSetup(L.Callback):
 
     def __init__(self, threads: int | None = None, logging_config: dict[str, Any] | None = None):
         self.threads = threads
-        self.logging_config = logging_config  # Hydra's resolved job_logging (console + train.log)
+        # Hydra's resolved job_logging of this run (console + train.log), by default.
+        self.logging_config = job_logging() if logging_config is None else logging_config
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.threads:
@@ -44,6 +45,15 @@ class ProcessSetup(L.Callback):
             else:
                 logging.basicConfig(level=logging.INFO, format="%(message)s")
             log_lightning_via_root()
+
+
+def job_logging() -> dict | None:
+    """Hydra's logging config of this run, for the processes ddp_spawn starts (None outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    config = HydraConfig.get().job_logging if HydraConfig.initialized() else None
+    return None if config is None else OmegaConf.to_container(config, resolve=True)
 
 
 @contextmanager
@@ -69,3 +79,14 @@ def job_start_time() -> float | None:
     """When this job started: the process's start for its first job (imports count, as a user waits for
     them), now for a sweep's later jobs in the same process."""
     return process_start_time() if _jobs_started <= 1 else time.time()
+
+
+def process_start_time() -> float | None:
+    """When this process started (seconds since the epoch), from /proc on Linux; None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path("/proc/stat").read_text().splitlines()
+        boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

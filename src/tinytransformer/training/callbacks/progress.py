@@ -7,10 +7,20 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class StepProgressBar(TQDMProgressBar):
-    """TQDM bar over `max_steps` (the training stream has no epochs), refreshed every `refresh_rate` steps.
+    """TQDM bar over `max_steps` (the training stream has no epochs), refreshed every `refresh_rate` steps
+    (default: about 20 times per run, at most every 50 steps).
 
     Validation and test passes are short and print their results elsewhere, so they get no bar.
     """
+
+    def __init__(self, refresh_rate: int | None = None):
+        super().__init__()
+        self.steps_per_refresh = refresh_rate
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.steps_per_refresh is None:
+            self.steps_per_refresh = max(1, min(50, trainer.max_steps // 20))
 
     def _hidden(self) -> Tqdm:
         return Tqdm(disable=True)
@@ -24,7 +34,7 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.refresh_rate == 0 or step == trainer.max_steps:
+        if step % self.steps_per_refresh == 0 or step == trainer.max_steps:
             self.train_progress_bar.n = step
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             self.train_progress_bar.refresh()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
+from tinytransformer.training.callbacks.processes import job_start_time
 from tinytransformer.training.callbacks.resume import RunInterrupted
 
 LN2 = math.log(2)
@@ -23,13 +23,17 @@ class RunSummary(L.Callback):
     """Tracks best and final metrics; writes `metrics.json` after every validation and at the end.
 
     Its state is saved in checkpoints, so a resumed run's summary is that of an uninterrupted run.
+
+    Args:
+        path: where metrics.json goes.
+        started: when the job started (time.time()), for startup_s; default: this job's start.
     """
 
-    def __init__(self, path: str | Path, static: dict[str, Any] | None = None, started: float | None = None):
+    def __init__(self, path: str | Path, started: float | None = None):
         self.path = Path(path)
-        self.static = dict(static or {})  # known before training: vocab_size, params, entropy floor...
+        self.static: dict[str, Any] = {}  # known before training: vocab_size, params, entropy floor...
         self.state: dict[str, Any] = {}
-        self.started = started  # when the job started (time.time()), for startup_s
+        self.started = job_start_time() if started is None else started
         self._fit_start: float | None = None
         self._start_step = 0
 
@@ -38,6 +42,10 @@ class RunSummary(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.state = dict(state_dict)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.static.update(run_facts(trainer, pl_module))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
@@ -90,6 +98,24 @@ class RunSummary(L.Callback):
         write_json_atomic(self.path, self.summary())
 
 
+def run_facts(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """What is known before training: it goes into metrics.json beside the results."""
+    dm = trainer.datamodule
+    world_size = trainer.num_devices * trainer.num_nodes
+    facts = {
+        "vocab_size": dm.tokenizer.vocab_size,
+        "params": sum(p.numel() for p in pl_module.model.parameters()),
+        "corpus": dm.corpus.name,
+        "train_tokens": len(dm.splits["train"]),
+        "precision": str(trainer.precision),
+        "world_size": world_size,
+        "effective_batch_size": dm.cfg.batch_size * trainer.accumulate_grad_batches * world_size,
+    }
+    if dm.corpus.entropy_floor_bpc is not None:
+        facts["entropy_floor_bpc"] = dm.corpus.entropy_floor_bpc
+    return facts
+
+
 def stop_reason(trainer: L.Trainer) -> str:
     """Why fit() returned: the first rule that fired."""
     if getattr(trainer, "stop_reason", None):
@@ -105,14 +131,3 @@ def stop_reason(trainer: L.Trainer) -> str:
     if any(r is not None and r <= 0 for r in remaining):
         return "max_time"
     return "unknown"
-
-
-def process_start_time() -> float | None:
-    """When this process started (seconds since the epoch), from /proc on Linux; None elsewhere."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        stat = Path("/proc/stat").read_text().splitlines()
-        boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None

@@ -1,0 +1,43 @@
+"""Configs saved by older versions (a resumed run dir's .hydra/config.yaml), brought up to date in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from tinytransformer.specs import current_target
+
+# 2: every callback is in conf/callbacks/. Before, the run's records (metrics.json, hparams, lr, last.ckpt,
+# progress bar, process setup) were built in code, and configs had no config_version.
+CONFIG_VERSION = 2
+CALLBACKS_DIR = Path(__file__).resolve().parents[2] / "conf" / "callbacks"
+
+
+def upgrade(cfg: DictConfig) -> None:
+    """`cfg` as today's code reads it: moved module paths renamed, missing record callbacks added."""
+    upgrade_targets(cfg)
+    if cfg.get("config_version") is None:
+        with open_dict(cfg):
+            cfg.callbacks = cfg.get("callbacks") or {}
+            for name in record_callbacks():
+                cfg.callbacks[name] = OmegaConf.load(CALLBACKS_DIR / f"{name}.yaml")[name]
+            cfg.config_version = CONFIG_VERSION
+
+
+def upgrade_targets(node: DictConfig | ListConfig) -> None:
+    """Every `_target_` under `node` named as today, in place: a run dir saved before a module moved names
+    its old path (resuming it recomposes that saved config)."""
+    children = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in list(children):
+        if key == "_target_" and isinstance(value, str):
+            node[key] = current_target(value)
+        elif isinstance(value, (DictConfig, ListConfig)):
+            upgrade_targets(value)
+
+
+def record_callbacks() -> list[str]:
+    """The callbacks conf/callbacks/minimal.yaml lists: those that were built in code before version 2."""
+    defaults = yaml.safe_load((CALLBACKS_DIR / "minimal.yaml").read_text())["defaults"]
+    return [name for name in defaults if name != "_self_"]
