@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytransformer.data import token_cache
+from tinytransformer.data import text_files, token_cache
 from tinytransformer.data.token_cache import cached_char_tokens
 from tinytransformer.data.tokenizers import MASK_CHAR, CharTokenizer
 from tinytransformer.errors import UserError
@@ -13,7 +13,7 @@ from tinytransformer.errors import UserError
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(token_cache, "CHUNK_BYTES", 7)  # many chunks, boundaries everywhere
+    monkeypatch.setattr(text_files, "CHUNK_BYTES", 7)  # many chunks, boundaries everywhere
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tinytransformer.data import tiny_world
+from tinytransformer.data.text_files import read_text_file
 from tinytransformer.errors import UserError, WriteFailed, os_error_line
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -53,55 +54,9 @@ def tiny_world_corpus(num_chars: int, seed: int) -> Corpus:
     )
 
 
-def read_text_file(
-    path: str | os.PathLike,
-    encoding: str = "utf-8",
-    key: str = "data.path",
-    encoding_key: str = "data.encoding",
-) -> str:
-    """The file's text with "\\r\\n" turned into "\\n"; a UserError naming `key` if it is not usable text."""
-    file = Path(path)
-    if not file.exists():
-        raise UserError(f"{key}: '{file}' does not exist; pass an existing {encoding} text file ({key}=...)")
-    if file.is_dir():
-        raise UserError(f"{key}: '{file}' is a directory; pass a text file inside it ({key}=<dir>/<file>)")
-    try:
-        data = file.read_bytes()
-    except OSError as err:
-        raise UserError(f"{key}: '{file}' cannot be read ({err.strerror}); check its permissions") from err
-    text = _decode(data, file, encoding, key, encoding_key)
-    if not text:
-        raise UserError(f"{key}: '{file}' is empty; pass a text file with text to train on")
-    if not text.strip():
-        raise UserError(f"{key}: '{file}' contains only whitespace; pass a text file with text to train on")
-    return text.replace("\r\n", "\n")
-
-
-def _decode(data: bytes, file: Path, encoding: str, key: str, encoding_key: str) -> str:
-    """`data` decoded, or a UserError that points at the first byte that is not text."""
-    try:
-        text = data.decode(encoding)
-    except LookupError as err:
-        raise UserError(
-            f"{encoding_key}: unknown encoding '{encoding}'; use a Python codec name such as utf-8 or latin-1"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{key}: '{file}' is not valid {encoding} at byte {err.start} (0x{data[err.start]:02x}); "
-            f"is it a binary file? If the text uses another encoding, set {encoding_key}=latin-1"
-        ) from err
-    if "\x00" in text:
-        offset = len(text[: text.index("\x00")].encode(encoding))
-        raise UserError(
-            f"{key}: '{file}' contains a NUL byte at byte {offset}; is it a binary file? "
-            f"If it is UTF-16 text, set {encoding_key}=utf-16"
-        )
-    return text
-
-
 def text_file_corpus(path: str | os.PathLike, encoding: str = "utf-8") -> Corpus:
     """A corpus read from a local text file."""
-    file = Path(path)
+    file = Path(path).expanduser()
     return Corpus(
         text=read_text_file(file, encoding),
         name=file.name,

@@ -1,8 +1,8 @@
 """Char tokens of a text file, built once into a memory-mapped file and reused by later runs.
 
-A 1 GB text never sits in memory as a Python string: it is decoded, checked and tokenized in chunks (two
-streaming passes: the character set, then the ids), and training reads windows straight from the memory
-map. The cache key is the file's sha256 and the vocabulary, so an edited file or another vocabulary gets
+A 1 GB text never sits in memory as a Python string: it is read in checked chunks (`text_files`) and
+tokenized in two streaming passes (the character set, then the ids), and training reads windows straight
+from the memory map. The cache key is the file's sha256 and the vocabulary, so an edited file or another vocabulary gets
 its own tokens.
 
 Every cache file carries a check recorded when it was built (characters.json its own crc32; the ids a crc32
@@ -12,24 +12,21 @@ rebuilt with one warning line, rather than crashing a run on an out-of-range id 
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from tinytransformer.data.text_files import TextFile, check_file, chunk_text, opened, text_chunks
 from tinytransformer.data.tokenizers import CharTokenizer, token_dtype
-from tinytransformer.errors import UserError
 from tinytransformer.runs import write_json_atomic
 
-CHUNK_BYTES = 1 << 25  # 32 MiB per read: big enough to vectorize, small next to memory
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)
 _MAX_CODEPOINT = 0x110000
 # Ids are checked in blocks, one crc32 each, on several threads (zlib and numpy release the GIL): on one
@@ -40,79 +37,30 @@ _CHECK_THREADS = min(8, os.cpu_count() or 1)
 log = logging.getLogger(__name__)
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(file: TextFile) -> str:
     # One small buffer, read into again and again: a fresh 32 MiB bytes per read makes hashing 1.7x slower.
     digest, buffer = hashlib.sha256(), bytearray(1 << 20)
     view = memoryview(buffer)
-    with path.open("rb", buffering=0) as f:
+    with opened(file, buffering=0) as f:
         while size := f.readinto(buffer):
             digest.update(view[:size])
     return digest.hexdigest()
 
 
-def codepoint_chunks(path: Path, encoding: str, key: str) -> Iterator[bytes | np.ndarray]:
-    """The file's characters in chunks, "\r\n" read as "\n"; a UserError at the first byte that is not text.
-
-    ASCII chunks (most corpora) come as raw bytes, which are their code points (no decoding); others as
-    uint32 arrays of code points.
-    """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    except LookupError as err:
-        raise UserError(
-            f"data.encoding: unknown encoding '{encoding}'; use a codec name such as utf-8"
-        ) from err
-    ascii_compatible = codecs.lookup(encoding).name in ("utf-8", "latin-1", "iso8859-1", "ascii", "cp1252")
-    offset, carry = 0, ""
-    with path.open("rb") as f:
-        while True:
-            data = f.read(CHUNK_BYTES)
-            if data and ascii_compatible and not carry and data.isascii() and b"\r" not in data:
-                offset += len(data)
-                yield data
-                continue
-            pending = len(decoder.getstate()[0])
-            try:
-                text = carry + decoder.decode(data, final=not data)
-            except UnicodeDecodeError as err:
-                raise UserError(
-                    f"{key}: '{path}' is not valid {encoding} at byte {offset - pending + err.start}; is it a "
-                    "binary file? If the text uses another encoding, set data.encoding=latin-1"
-                ) from None
-            offset += len(data)
-            carry = "\r" if text.endswith("\r") and data else ""  # "\r\n" may straddle two reads
-            text = text[: len(text) - len(carry)].replace("\r\n", "\n")
-            if text:
-                yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            if not data:
-                return
-
-
-def scan_characters(path: Path, encoding: str, key: str) -> tuple[str, int]:
-    """(sorted distinct characters, number of characters) of a text file, checked to be usable text."""
+def scan_characters(file: TextFile) -> tuple[str, int]:
+    """(sorted distinct characters, number of characters) of a text file, checked as it is read."""
     seen, total = np.zeros(_MAX_CODEPOINT, dtype=bool), 0
-    for chunk in codepoint_chunks(path, encoding, key):
-        seen[_as_codepoints(chunk)] = True
+    for chunk in text_chunks(file):
+        seen[_codepoints(chunk)] = True
         total += len(chunk)
-    if total == 0:
-        raise UserError(f"{key}: '{path}' is empty; pass a text file with text to train on")
-    if seen[0]:
-        raise UserError(
-            f"{key}: '{path}' contains NUL characters; is it a binary file? (UTF-16 text: data.encoding=utf-16)"
-        )
-    chars = "".join(chr(c) for c in np.flatnonzero(seen))
-    if not chars.strip():
-        raise UserError(f"{key}: '{path}' contains only whitespace; pass a text file with text to train on")
-    return chars, total
+    return "".join(chr(c) for c in np.flatnonzero(seen)), total
 
 
-def check_text_file(path: Path, key: str) -> None:
-    if not path.exists():
-        raise UserError(f"{key}: '{path}' does not exist; pass an existing text file ({key}=...)")
-    if path.is_dir():
-        raise UserError(f"{key}: '{path}' is a directory; pass a text file inside it ({key}=<dir>/<file>)")
-    if path.stat().st_size == 0:
-        raise UserError(f"{key}: '{path}' is empty; pass a text file with text to train on")
+def _codepoints(chunk: bytes | str) -> np.ndarray:
+    """A chunk's code points: ASCII bytes are their own."""
+    if isinstance(chunk, bytes):
+        return np.frombuffer(chunk, dtype=np.uint8)
+    return np.frombuffer(chunk.encode("utf-32-le"), dtype=np.uint32)
 
 
 def cached_char_tokens(
@@ -128,31 +76,26 @@ def cached_char_tokens(
     Without `tokenizer`, the vocabulary is the file's sorted characters (plus MASK_CHAR with `with_mask`);
     with one (a checkpoint's), the file must use only its characters.
     """
-    path = Path(path).expanduser()
-    check_text_file(path, key)
-    entry = Path(cache_dir) / "tokens" / f"{file_sha256(path)[:24]}-{encoding}"
-    chars, num_chars = _file_characters(path, encoding, key, entry)
+    file = TextFile(path, encoding, key)
+    check_file(file)  # before hashing: a missing file is one line, not a traceback
+    entry = Path(cache_dir) / "tokens" / f"{file_sha256(file)[:24]}-{encoding}"
+    chars, num_chars = _file_characters(file, entry)
     if tokenizer is None:
         tokenizer = CharTokenizer.from_text(chars, with_mask)
     unknown = tokenizer.unknown_chars(chars)
     if unknown:
-        raise UserError(
-            f"{key}: '{path}' has {len(unknown)} character(s) the checkpoint's vocabulary lacks "
-            f"({''.join(unknown)[:20]!r}); use data the model was trained on"
+        raise file.error(
+            f"has {len(unknown)} character(s) the checkpoint's vocabulary lacks ({''.join(unknown)[:20]!r})",
+            "use data the model was trained on",
         )
     vocab_id = hashlib.sha256("".join(tokenizer.chars).encode()).hexdigest()[:16]
     tokens_file = entry / f"tokens-{vocab_id}.bin"
     dtype = token_dtype(tokenizer.vocab_size)
     if not _reusable(tokens_file, dtype, num_chars, tokenizer.vocab_size):
-        _write_tokens(path, encoding, key, tokenizer, tokens_file, num_chars, dtype)
+        _write_tokens(file, tokenizer, tokens_file, num_chars, dtype)
     # Copy-on-write: torch wants a writable array; nothing writes to it, so no page is ever copied.
     tokens = np.memmap(tokens_file, dtype=dtype, mode="c", shape=(num_chars,))
-    first = _as_codepoints(next(codepoint_chunks(path, encoding, key)))[:SAMPLE_CHARS]
-    return tokens, tokenizer, first.astype(np.uint32).tobytes().decode("utf-32-le")
-
-
-def _as_codepoints(chunk: bytes | np.ndarray) -> np.ndarray:
-    return np.frombuffer(chunk, dtype=np.uint8) if isinstance(chunk, bytes) else chunk
+    return tokens, tokenizer, chunk_text(next(text_chunks(file))[:SAMPLE_CHARS])
 
 
 def tokens_checks(tokens: np.ndarray) -> tuple[list[int], int]:
@@ -185,7 +128,7 @@ def _characters_crc(chars: object, num_chars: object) -> int:
     return zlib.crc32(json.dumps([chars, num_chars]).encode())
 
 
-def _file_characters(path: Path, encoding: str, key: str, entry: Path) -> tuple[str, int]:
+def _file_characters(file: TextFile, entry: Path) -> tuple[str, int]:
     meta_file = entry / "characters.json"
     meta = _read_record(meta_file)
     if meta is not None and meta.get("crc32") == _characters_crc(meta.get("chars"), meta.get("num_chars")):
@@ -194,10 +137,10 @@ def _file_characters(path: Path, encoding: str, key: str, entry: Path) -> tuple[
         legacy = meta is not None and "crc32" not in meta
         problem = "has no checksum (built by an older version?)" if legacy else "is corrupt"
         log.warning(f"token cache {meta_file} {problem}; rebuilding it")
-    chars, num_chars = scan_characters(path, encoding, key)
+    chars, num_chars = scan_characters(file)
     entry.mkdir(parents=True, exist_ok=True)
     record = {"chars": chars, "num_chars": num_chars, "crc32": _characters_crc(chars, num_chars)}
-    write_json_atomic(meta_file, {**record, "source": str(path)})
+    write_json_atomic(meta_file, {**record, "source": str(file.path)})
     return chars, num_chars
 
 
@@ -230,7 +173,7 @@ def _tokens_problem(tokens_file: Path, dtype, num_chars: int, vocab_size: int) -
     return None
 
 
-def _write_tokens(path, encoding, key, tokenizer, tokens_file: Path, num_chars: int, dtype) -> None:
+def _write_tokens(file: TextFile, tokenizer, tokens_file: Path, num_chars: int, dtype) -> None:
     """Tokenize chunk by chunk into a temporary file, renamed into place (after its check) when complete.
 
     Plain writes, not a memory map: a full disk is then an OSError, not a SIGBUS that kills the process.
@@ -238,16 +181,16 @@ def _write_tokens(path, encoding, key, tokenizer, tokens_file: Path, num_chars: 
     handle, tmp = tempfile.mkstemp(dir=tokens_file.parent, suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out:
-            for chunk in codepoint_chunks(path, encoding, key):
+            for chunk in text_chunks(file):
                 ascii_ok = isinstance(chunk, bytes) and tokenizer.vocab_size < 255
                 ids = (
                     tokenizer.encode_ascii(chunk)
                     if ascii_ok
-                    else tokenizer.encode_codepoints(_as_codepoints(chunk))
+                    else tokenizer.encode_codepoints(_codepoints(chunk))
                 )
                 out.write(ids.astype(dtype, copy=False))
         if os.path.getsize(tmp) != num_chars * np.dtype(dtype).itemsize:
-            raise UserError(f"{key}: '{path}' changed while it was read; run again once nothing writes to it")
+            raise file.error("changed while it was read", "run again once nothing writes to it")
         crcs, _ = tokens_checks(np.memmap(tmp, dtype=dtype, mode="r", shape=(num_chars,)))
         write_json_atomic(_check_file(tokens_file), {"crc32": crcs})
         os.replace(tmp, tokens_file)
