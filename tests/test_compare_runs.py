@@ -1,5 +1,6 @@
 """Comparing runs: a table row per setting (seeds averaged), failures listed, a report and curves written."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -8,9 +9,10 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from tinytransformer.compare import compare, find_runs, short_label, split_overrides
+from tinytransformer.compare import compare, compare_main, short_label
 from tinytransformer.curves import read_scalars
 from tinytransformer.errors import UserError
+from tinytransformer.run_records import find_runs, split_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = 0.3569
@@ -235,3 +237,34 @@ def test_a_run_stopped_before_its_first_validation_is_listed_as_stopped(tmp_path
     run = make_job(tmp_path, 0, ["seed=1"], metrics=early)
     line = f"- 0_seed=1: stopped by SIGTERM (no validation yet); resume with: python scripts/train.py resume={run}"
     assert line in compare(tmp_path)
+
+
+def test_the_command_line_takes_the_baseline_key_and_names_every_file_it_wrote(sweep, capsys):
+    compare_main([str(sweep), "baseline=model.dropout=0"])
+    out = capsys.readouterr().out
+    assert "baseline: dropout=0 (" in out
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "val_curves.png"):
+        assert f"wrote {sweep / name}\n" in out
+        assert (sweep / name).is_file()
+
+
+def test_the_csv_has_one_row_per_run_and_parses_back(sweep):
+    compare(sweep)
+    with (sweep / "comparison.csv").open(newline="") as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert len(rows) == len(find_runs(sweep)) == 7
+    first = rows["0_model.dropout=0,seed=1"]
+    assert (first["setting"], first["seed"], first["status"], first["stop_reason"]) == (
+        "dropout=0",
+        "1",
+        "finished",
+        "max_steps",
+    )
+    assert [float(first[k]) for k in ("best_val_loss", "best_val_bpc", "final_train_loss")] == [1.3, 1.8, 1.0]
+    assert (float(first["entropy_floor_bpc"]), int(first["best_step"])) == (FLOOR, 400)
+    failed = rows["4_model.dropout=0.9,seed=1"]
+    assert (failed["status"], failed["failure"], failed["best_val_loss"]) == (
+        "failed",
+        "CUDA out of memory",
+        "",
+    )

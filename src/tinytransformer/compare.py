@@ -1,82 +1,29 @@
-"""Comparing runs: one table row per setting (overrides minus seed), failed runs, val bits/char curves."""
+"""Comparing runs: a row per setting (overrides minus seed), tested against a baseline; failures; curves."""
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from tinytransformer.comparison_files import run_row, runs_csv, summary
 from tinytransformer.curves import plot_curves
 from tinytransformer.errors import UserError, WriteFailed, exit_on_user_error, os_error_line
-from tinytransformer.runs import (
-    FAILED,
-    FAILED_FILE,
-    FINISHED,
-    INTERRUPTED,
-    METRICS,
-    RUNNING,
-    is_locked,
-    lock_holder,
-    write_atomic,
-)
+from tinytransformer.run_records import RunRecord, find_runs
+from tinytransformer.runs import write_atomic, write_json_atomic
+from tinytransformer.significance import ALPHA, Comparison, against_baseline, comparison_cells
 
-REPORT = "comparison.md"
-CURVES = "val_curves.png"
-KILLED = "killed"  # not finished, and no process holds the run dir: resume it
-# Keys that say where a run was written, not what it trained: they never make a setting.
-_PATH_KEYS = ("paths.", "hydra.", "resume")
+REPORT, TABLE, SUMMARY, CURVES = "comparison.md", "comparison.csv", "comparison.json", "val_curves.png"
+STUDY = "optimization_results.yaml"  # hydra's Optuna sweeper writes it into the sweep dir when the study ends
 _SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "data.augment.", "callbacks.early_stopping.")
 _USAGE = "pass a sweep dir (logs/train/multiruns/<date>/<time>), a run dir, or logs/"
 _COLUMNS = (
-    "setting",
-    "runs",
-    "best val loss",
-    "best val bits/char",
-    "final train loss",
-    "generalization gap",
-    "best step",
-    "stop reason(s)",
+    *("setting", "runs", "best val loss", "best val bits/char", "final train loss", "generalization gap"),
+    *("best step", "stop reason(s)", "Δ best val loss vs baseline [95 % CI]", "p", "test", "verdict"),
 )
-
-
-@dataclass
-class RunRecord:
-    """One run dir: its setting, its seed, its results (metrics) or why it has none (failure), its state."""
-
-    name: str
-    dir: Path
-    setting: tuple[str, ...]
-    seed: str | None
-    metrics: dict[str, Any] | None
-    failure: str | None
-    status: str = FINISHED  # runs.FINISHED | RUNNING | INTERRUPTED | FAILED, or KILLED
-
-    @property
-    def finished(self) -> bool:
-        """Ran to its end, validated at its last step: it belongs in the table."""
-        best = (self.metrics or {}).get("best_val_loss")
-        return self.status == FINISHED and best is not None and math.isfinite(best)
-
-    def state_line(self) -> str:
-        """Why the run is not in the table, in one line."""
-        step = (self.metrics or {}).get("final_val_step") or (self.metrics or {}).get("best_step")
-        results = f"its last validation was at step {step}" if step is not None else "no validation yet"
-        resume = f"resume with: python scripts/train.py resume={self.dir}"
-        if self.status == FAILED:
-            return f"failed: {self.failure}"
-        if self.status == RUNNING:
-            return f"running ({results}; held by {lock_holder(self.dir)})"
-        if self.status == INTERRUPTED:
-            return f"stopped by {(self.metrics or {}).get('stop_reason')} ({results}); {resume}"
-        return f"killed: no process holds it and it did not finish ({results}); {resume}"
+_TEXT_COLUMNS = {"setting", "stop reason(s)", "test", "verdict"}  # left-aligned; numbers align right
 
 
 @dataclass
@@ -86,21 +33,15 @@ class SettingGroup:
     label: str
     runs: list[RunRecord]
 
+    @property
+    def setting(self) -> tuple[str, ...]:
+        return self.runs[0].setting
+
     def values(self, key: str) -> list[float]:
         return [float(r.metrics[key]) for r in self.runs if r.metrics.get(key) is not None]
 
-
-def split_overrides(overrides: list[str]) -> tuple[tuple[str, ...], str | None]:
-    """(setting, seed) of a run's Hydra overrides; the seed and path-like keys are not part of a setting."""
-    setting, seed = [], None
-    for override in overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
-        if key == "seed":
-            seed = value
-        elif not key.startswith(_PATH_KEYS):
-            setting.append(override)
-    return tuple(sorted(setting)), seed
+    def seeds_and_losses(self) -> list[tuple[str | None, float]]:
+        return [(r.seed, float(r.metrics["best_val_loss"])) for r in self.runs]
 
 
 def short_label(setting: tuple[str, ...]) -> str:
@@ -115,63 +56,6 @@ def short_label(setting: tuple[str, ...]) -> str:
     return ", ".join(short)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_run(run_dir: Path, name: str | None = None) -> RunRecord:
-    """Read one run dir's overrides, metrics.json and failed.json."""
-    name = name or run_dir.name
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else None
-    setting, seed = split_overrides(overrides or [])
-    try:
-        metrics, failed = _read_json(run_dir / METRICS), _read_json(run_dir / FAILED_FILE)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return RunRecord(name, run_dir, setting, seed, None, f"unreadable results file: {err}")
-    failure = str(failed.get("reason", "unknown")) if failed is not None else None
-    stop_reason = str((metrics or {}).get("stop_reason", ""))
-    if failure is None and stop_reason.startswith("non_finite"):
-        failure = stop_reason
-    status = run_status(run_dir, metrics, failure)
-    if failure is None and status == FAILED:  # a bug ended it: metrics.json says so, no failed.json
-        failure = str(metrics.get("stop_reason"))
-    return RunRecord(name, run_dir, setting, seed, metrics, failure, status)
-
-
-def run_status(run_dir: Path, metrics: dict[str, Any] | None, failure: str | None) -> str:
-    """Finished, running (a live process holds the run dir's lock), stopped by a signal, failed or killed."""
-    if failure is not None:
-        return FAILED
-    if is_locked(run_dir):
-        return RUNNING
-    status = (metrics or {}).get("status")
-    if status is None and metrics is not None:  # written before metrics.json had a status
-        stop_reason = str(metrics.get("stop_reason", ""))
-        status = INTERRUPTED if stop_reason.startswith("SIG") else FINISHED if stop_reason else None
-    return status if status in (FINISHED, INTERRUPTED, FAILED) else KILLED
-
-
-def _natural_key(path: Path) -> list:
-    """Sort `2_...` before `10_...`: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
-def _run_dirs(directory: Path) -> Iterator[Path]:
-    if (directory / ".hydra" / "config.yaml").is_file():
-        yield directory
-        return  # a run's own subdirs (checkpoints, tensorboard) hold no runs
-    for child in sorted(directory.iterdir()):
-        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
-            yield from _run_dirs(child)
-
-
-def find_runs(root: Path) -> list[RunRecord]:
-    """Every run dir (a dir holding .hydra/config.yaml) at or below `root`, in natural name order."""
-    run_dirs = sorted(_run_dirs(root), key=_natural_key)
-    return [load_run(d, str(d.relative_to(root)) if d != root else d.name) for d in run_dirs]
-
-
 def drop_shared_overrides(runs: list[RunRecord]) -> tuple[str, ...]:
     """Take the overrides that every run has out of each run's setting (they tell no runs apart)."""
     if len(runs) < 2:
@@ -182,15 +66,22 @@ def drop_shared_overrides(runs: list[RunRecord]) -> tuple[str, ...]:
     return tuple(sorted(shared))
 
 
+def setting_labels(runs: list[RunRecord]) -> dict[tuple[str, ...], str]:
+    """Each setting's name in the table, the csv and the json: short, unless short names collide."""
+    settings = {run.setting for run in runs}
+    labels = {setting: short_label(setting) for setting in settings}
+    if len(set(labels.values())) < len(labels):  # short names collide (model.x vs data.x): show full ones
+        labels = {setting: ", ".join(setting) or "baseline" for setting in settings}
+    return labels
+
+
 def group_by_setting(runs: list[RunRecord]) -> list[SettingGroup]:
     """Finished runs grouped by setting, best (lowest mean best val loss) first."""
     by_setting: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
         if run.finished:
             by_setting.setdefault(run.setting, []).append(run)
-    labels = {setting: short_label(setting) for setting in by_setting}
-    if len(set(labels.values())) < len(labels):  # short names collide (model.x vs data.x): show full ones
-        labels = {setting: ", ".join(setting) or "baseline" for setting in by_setting}
+    labels = setting_labels(runs)
     groups = [SettingGroup(labels[s], group_runs) for s, group_runs in by_setting.items()]
     return sorted(groups, key=lambda g: (statistics.mean(g.values("best_val_loss")), g.label))
 
@@ -210,12 +101,44 @@ def _gaps(group: SettingGroup) -> list[float]:
     return [val - train for val, train in pairs if val is not None and train is not None]
 
 
-def markdown_table(groups: list[SettingGroup]) -> str:
-    """One row per setting, in the order given."""
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|---|" + "--:|" * (len(_COLUMNS) - 2) + "---|"]
+def choose_baseline(groups: list[SettingGroup], name: str | None) -> SettingGroup | None:
+    """The setting `baseline=<name>` names; by default the first whose values are all `none`, else row 1."""
+    if name is None:
+        nones = (g for g in groups if all(o.partition("=")[2] == "none" for o in g.setting))
+        return next(nones, groups[0] if groups else None)
+    # Spaces aside: `a=1,b=2` names the setting `a=1, b=2`, and so does its full overrides' spelling.
+    wanted = re.sub(r"\s", "", name)
     for g in groups:
+        if wanted in (re.sub(r"\s", "", g.label), re.sub(r"\s", "", ",".join(g.setting))):
+            return g
+    settings = "; ".join(g.label for g in groups) or "none (no finished runs)"
+    raise UserError(f"baseline={name}: no setting of that name; the settings are: {settings}")
+
+
+def versus_baseline(
+    groups: list[SettingGroup], baseline: SettingGroup | None
+) -> dict[str, Comparison | None]:
+    """Each setting's best val loss against the baseline's, by label; the baseline's own is None."""
+    base = baseline.seeds_and_losses() if baseline is not None else []
+    return {g.label: None if g is baseline else against_baseline(g.seeds_and_losses(), base) for g in groups}
+
+
+def rank_note(root: Path) -> str | None:
+    """The line saying what the rank column ranks by, for an Optuna study's sweep dir; None elsewhere."""
+    # Only a study: a sweep of one seed per setting (experiment=regularization seed=1) still has a baseline.
+    if (root / STUDY).is_file():
+        return f"rank: by best val loss, the objective the Optuna study ({STUDY}) minimizes"
+    return None
+
+
+def markdown_table(groups: list[SettingGroup], versus: dict[str, Comparison | None], ranked: bool) -> str:
+    """One row per setting, in the order given, with its rank first where `ranked`."""
+    columns = ("rank", *_COLUMNS) if ranked else _COLUMNS
+    aligns = ["---" if c in _TEXT_COLUMNS else "--:" for c in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(aligns) + "|"]
+    for rank, g in enumerate(groups, start=1):
         reasons = sorted({str(r.metrics.get("stop_reason")) for r in g.runs})
-        cells = [
+        row = [
             g.label.replace("|", "\\|"),
             str(len(g.runs)),
             mean_std(g.values("best_val_loss")),
@@ -224,8 +147,9 @@ def markdown_table(groups: list[SettingGroup]) -> str:
             mean_std(_gaps(g)),
             mean_std(g.values("best_step"), decimals=0),
             ", ".join(reasons),
+            *comparison_cells(versus[g.label]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([str(rank)] * ranked + row) + " |")
     return "\n".join(lines)
 
 
@@ -235,9 +159,23 @@ def entropy_floor(groups: list[SettingGroup]) -> float | None:
     return floors[0] if floors else None
 
 
-def report(runs: list[RunRecord], groups: list[SettingGroup], shared: tuple[str, ...] = ()) -> str:
-    """The table, what all runs share, the entropy floor, and one line per run that is not in the table."""
-    lines = [markdown_table(groups) if groups else "no finished runs to compare"]
+def report(
+    runs: list[RunRecord],
+    groups: list[SettingGroup],
+    shared: tuple[str, ...],
+    versus: dict[str, Comparison | None],
+    ranked_by: str | None,
+) -> str:
+    """The table, its baseline, what all runs share, the entropy floor, a line per run not in the table."""
+    lines = [markdown_table(groups, versus, bool(ranked_by)) if groups else "no finished runs to compare"]
+    baseline = next((label for label, c in versus.items() if c is None), None)
+    if baseline is not None:
+        lines += [
+            "",
+            f"baseline: {baseline} (choose another with baseline=<setting>); verdict at p < {ALPHA}",
+        ]
+    if ranked_by:
+        lines.append(ranked_by)
     if shared:
         lines += ["", f"all runs: {short_label(shared)}"]
     floor = entropy_floor(groups)
@@ -249,8 +187,11 @@ def report(runs: list[RunRecord], groups: list[SettingGroup], shared: tuple[str,
     return "\n".join(lines)
 
 
-def compare(root: str | Path) -> str:
-    """Compare the runs at or below `root`: returns the report, writes comparison.md and val_curves.png there."""
+def compare(root: str | Path, baseline: str | None = None) -> str:
+    """Compare the runs at or below `root`: returns the report; writes comparison.md, .csv, .json, the curves.
+
+    `baseline` names the setting the others are tested against; None takes choose_baseline's default.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: no such directory; {_USAGE}")
@@ -259,26 +200,37 @@ def compare(root: str | Path) -> str:
         raise UserError(f"{root}: no run dirs found (none holds .hydra/config.yaml); {_USAGE}")
     shared = drop_shared_overrides(runs)
     groups = group_by_setting(runs)
-    text = report(runs, groups, shared)
+    versus = versus_baseline(groups, choose_baseline(groups, baseline))
+    ranked_by = rank_note(root)
+    text = report(runs, groups, shared, versus, ranked_by)
+    labels = setting_labels(runs)
+    rows = [run_row(run, labels[run.setting]) for run in runs]
     try:
         write_atomic(root / REPORT, (text + "\n").encode())
+        write_atomic(root / TABLE, runs_csv(rows))
+        write_json_atomic(root / SUMMARY, summary(groups, versus, bool(ranked_by), shared, rows))
         plot_curves(groups, root / CURVES, entropy_floor(groups))
     except OSError as err:
-        fix = f"{REPORT} and {CURVES} go into the dir compared: make it writable, or compare a copy of it"
+        written = f"{REPORT}, {TABLE}, {SUMMARY} and {CURVES}"
+        fix = f"{written} go into the dir compared: make it writable, or compare a copy of it"
         raise WriteFailed(os_error_line(err, fix=fix)) from None
     return text
 
 
 @exit_on_user_error
 def compare_main(argv: list[str] | None = None) -> None:
-    """`python scripts/compare_runs.py <dir>`: print the comparison and the paths of the files written."""
+    """`python scripts/compare_runs.py <dir> [baseline=<setting>]`: print the comparison and what it wrote."""
     args = sys.argv[1:] if argv is None else argv
-    usage = f"usage: python scripts/compare_runs.py <dir>; {_USAGE}"
+    usage = f"usage: python scripts/compare_runs.py <dir> [baseline=<setting>]; {_USAGE}"
     if args in (["-h"], ["--help"]):
         print(usage)
         return
-    if len(args) != 1:
-        raise UserError(f"expected one directory, got {len(args)} arguments; {usage}")
-    root = Path(args[0]).expanduser()
-    print(compare(root))
-    print(f"\nwrote {root / REPORT}\nwrote {root / CURVES}")
+    keys = [a for a in args if a.startswith("baseline=")]
+    dirs = [a for a in args if not a.startswith("baseline=")]
+    if len(dirs) != 1:
+        raise UserError(f"expected one directory, got {len(dirs)} arguments; {usage}")
+    if len(keys) > 1:
+        raise UserError(f"baseline given {len(keys)} times ({', '.join(keys)}): pass it once; {usage}")
+    root = Path(dirs[0]).expanduser()
+    print(compare(root, keys[0].partition("=")[2] if keys else None))
+    print("", *(f"wrote {root / name}" for name in (REPORT, TABLE, SUMMARY, CURVES)), sep="\n")

@@ -1,0 +1,85 @@
+"""compare_runs' machine-readable files: comparison.csv (a row per run), comparison.json (settings, runs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from tinytransformer.significance import ALPHA, Comparison, as_json
+
+if TYPE_CHECKING:
+    from tinytransformer.compare import RunRecord, SettingGroup
+
+# The metrics.json values compare_runs reads, in the csv's column order.
+METRIC_FIELDS = (
+    "best_val_loss",
+    "best_val_bpc",
+    "final_train_loss",
+    "final_val_loss",
+    "best_step",
+    "final_val_step",
+    "stop_reason",
+    "entropy_floor_bpc",
+)
+RUN_FIELDS = ("run", "setting", "seed", "status", *METRIC_FIELDS, "failure")
+_SUMMARIZED = ("best_val_loss", "best_val_bpc", "final_train_loss", "best_step")
+
+
+def run_row(run: RunRecord, label: str) -> dict[str, Any]:
+    """One run as a csv row and a json entry: what compare_runs read from its dir (None where it has none)."""
+    metrics = run.metrics or {}
+    fields = {"run": run.name, "setting": label, "seed": run.seed, "status": run.status}
+    return {**fields, **{key: metrics.get(key) for key in METRIC_FIELDS}, "failure": run.failure}
+
+
+def runs_csv(rows: list[dict[str, Any]]) -> bytes:
+    """comparison.csv: a header, then one row per run (an empty cell where a value is None)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, RUN_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _mean_sd(values: list[float]) -> dict[str, float | None]:
+    mean = statistics.mean(values) if values else None
+    return {"mean": mean, "sd": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN and inf as null: JSON has no such numbers (a run stopped before validating has a NaN loss)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
+def summary(
+    groups: list[SettingGroup],
+    versus: dict[str, Comparison | None],
+    ranked: bool,
+    shared: tuple[str, ...],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """comparison.json: the baseline, each setting (table order) with its statistics, and every run."""
+    settings = [
+        {
+            "rank": rank,
+            "setting": g.label,
+            "overrides": list(g.setting),
+            "runs": [r.name for r in g.runs],
+            "seeds": [r.seed for r in g.runs],
+            **{key: _mean_sd(g.values(key)) for key in _SUMMARIZED},
+            "vs_baseline": as_json(versus[g.label]),
+        }
+        for rank, g in enumerate(groups, start=1)
+    ]
+    baseline = next((label for label, c in versus.items() if c is None), None)
+    return {
+        "baseline": baseline,
+        "alpha": ALPHA,
+        "ranked_by": "best_val_loss" if ranked else None,
+        "shared_overrides": list(shared),
+        "settings": settings,
+        "runs": [_json_safe(row) for row in rows],
+    }
