@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from tinytransformer import runs
+from tinytransformer.config import register_schemas
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
 from tinytransformer.overrides import compose_config, override_value, parse_args
 from tinytransformer.training import launch
@@ -37,6 +38,7 @@ def register_resolvers() -> None:
 
 # At import: a sweep job may run in a process that only unpickles the task function (submitit).
 register_resolvers()
+register_schemas()
 
 
 def project_env() -> None:
@@ -183,13 +185,14 @@ def _hydra_train(cfg) -> float | None:
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    job = hc.job.num if multirun else None  # a single run has no job number
     rank_zero = launch.is_rank_zero()
     if not rank_zero:  # one train.log, rank 0's (SLURM starts every task with Hydra's log handlers)
         _drop_file_handlers(logging.getLogger())
     ckpt = str(Path(cfg.resume) / "checkpoints" / runs.LAST) if cfg.get("resume") else None
     if multirun and not ckpt and (last := runs.checkpoint_to_continue(output_dir)):
-        ckpt = str(last)  # a requeued SLURM job: same run dir, continue where it stopped
-        log.info(f"continuing {output_dir} from {last}")
+        ckpt = str(last)  # a requeued SLURM job or a re-run sweep: same run dir, continue where it stopped
+        log.info(f"job {hc.job.num}: continuing {output_dir} from {last}")
     if not multirun and rank_zero:
         log.info(OmegaConf.to_yaml(cfg, resolve=False))
     try:
@@ -197,12 +200,16 @@ def _hydra_train(cfg) -> float | None:
             runs.lock_run_dir(output_dir)  # a sweep job's own dir (a single run's was locked before Hydra)
             if ckpt:
                 runs.clear_failure(output_dir)
+            elif multirun and (earlier := runs.start_over(output_dir)):  # a re-run of the sweep
+                log.info(
+                    f"job {hc.job.num}: starting {output_dir} over (no {runs.LAST}): removed {', '.join(earlier)}"
+                )
         with isolated_job():
             results = train(cfg, output_dir, ckpt_path=ckpt)
     except OSError as err:
         if isinstance(err, ConnectionError | TimeoutError):  # DDP's sockets, not a write
-            return _job_failed(err, output_dir, multirun, hc.job.num)
-        _write_failed(err, output_dir, hc.job.num if multirun else None, Path(hc.sweep.dir))
+            return _job_failed(err, output_dir, multirun, job)
+        _write_failed(err, output_dir, job, Path(hc.sweep.dir))
         return None
     except RunInterrupted as err:
         if rank_zero:
@@ -222,13 +229,13 @@ def _hydra_train(cfg) -> float | None:
         log.error(f"job {hc.job.num} failed: {err}")
         return None
     except Exception as err:
-        return _job_failed(err, output_dir, multirun, hc.job.num)
+        return _job_failed(err, output_dir, multirun, job)
     finally:
         runs.release_run_dir(output_dir)
     return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
 
 
-def _job_failed(err: Exception, output_dir: Path, multirun: bool, job: int) -> None:
+def _job_failed(err: Exception, output_dir: Path, multirun: bool, job: int | None) -> None:
     """A bug: a single run keeps its traceback; a sweep records the job as failed and goes on."""
     import logging
     import traceback

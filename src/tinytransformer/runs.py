@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from datetime import datetime
@@ -131,9 +132,29 @@ def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
 
 
 def checkpoint_to_continue(output_dir: Path) -> Path | None:
-    """The last.ckpt of a sweep job started again in its own run dir (SLURM requeued it), if it has one."""
+    """The last.ckpt of a sweep job started again in its own run dir (requeued, or its sweep run again)."""
     last = Path(output_dir) / "checkpoints" / LAST
     return last if last.is_file() else None
+
+
+# What a run writes beside .hydra/, its log and its lock.
+RESULTS = ("checkpoints", "tensorboard", METRICS, FAILED_FILE)
+
+
+def start_over(run_dir: Path) -> list[str]:
+    """Remove what an earlier attempt of a sweep job left in its dir (it failed, or was killed, before its
+    first last.ckpt), so the job runs again as in a new dir; returns the names removed."""
+    removed = []
+    for name in RESULTS:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def refuse_existing_run(run_dir: str) -> None:

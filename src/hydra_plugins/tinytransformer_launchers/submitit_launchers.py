@@ -1,0 +1,85 @@
+"""`hydra/launcher=resumable_submitit_local | resumable_submitit_slurm`: hydra-submitit-launcher's launchers,
+whose jobs skip themselves when a re-run of the sweep finds them done."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, setup_globals
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import open_dict
+
+from hydra_plugins.tinytransformer_launchers.resumable import skipped_job
+
+log = logging.getLogger(__name__)
+MODULE = "hydra_plugins.tinytransformer_launchers.submitit_launchers"
+
+
+@dataclass
+class ResumableLocalConf(LocalQueueConf):
+    _target_: str = f"{MODULE}.ResumableLocalLauncher"
+    skip_failed: bool = False  # true: a job whose dir has failed.json is not run again either
+
+
+@dataclass
+class ResumableSlurmConf(SlurmQueueConf):
+    _target_: str = f"{MODULE}.ResumableSlurmLauncher"
+    skip_failed: bool = False
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="resumable_submitit_local",
+    node=ResumableLocalConf,
+    provider="tinytransformer",
+)
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="resumable_submitit_slurm",
+    node=ResumableSlurmConf,
+    provider="tinytransformer",
+)
+
+
+class ResumableSubmititLauncher(BaseSubmititLauncher):
+    def __init__(self, skip_failed: bool = False, **params: Any) -> None:
+        super().__init__(**params)  # every other key is submitit's
+        self.skip_failed = skip_failed
+
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict[type, Singleton],
+    ) -> JobReturn:
+        """Runs inside the submitted job (a local process, or a SLURM job): a job done before returns at
+        once, so on SLURM it starts, finds its dir finished and exits without touching it."""
+        assert self.config is not None and self.hydra_context is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.num = job_num
+        skipped = skipped_job(sweep_config, self.skip_failed)
+        return skipped or super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        returns = super().launch(job_overrides, initial_job_idx)
+        for job in returns:  # the jobs' own output goes to .submitit/: say here which were skipped
+            if getattr(job, "line", None):  # a SkippedJob
+                log.info(job.line)
+        return returns
+
+
+class ResumableLocalLauncher(ResumableSubmititLauncher):
+    _EXECUTOR = "local"
+
+
+class ResumableSlurmLauncher(ResumableSubmititLauncher):
+    _EXECUTOR = "slurm"

@@ -1,0 +1,103 @@
+"""The same sweep command in the same hydra.sweep.dir continues the sweep: finished jobs are skipped
+untouched, a killed job resumes from its last.ckpt, and a failed job runs again unless skip_failed is set."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.test_compare_runs import table_rows
+
+from tinytransformer.compare import compare
+
+QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
+# The second job checkpoints at step 20 and runs on to 100: time to kill it between the two.
+SWEEP = [*QUICK, "trainer.max_steps=100", "trainer.val_check_interval=50", "seed=1,2,3"]
+JOBS = ["0_seed=1", "1_seed=2", "2_seed=3"]
+COMPARED = ("best_val_loss", "final_val_loss", "steps", "best_step")
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def status(run_dir: Path) -> str | None:
+    """metrics.json's status; None before the job's first validation."""
+    return metrics(run_dir)["status"] if (run_dir / "metrics.json").is_file() else None
+
+
+def files_of(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a run dir (.hydra/, train.log, metrics.json, checkpoints, ...): its mtime and bytes."""
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def sweep_args(log_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    return ["-m", *extra, f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}"]
+
+
+def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(tmp_path):
+    reference_dir, sweep_dir = tmp_path / "reference", tmp_path / "sweep"
+    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *SWEEP))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    args = sweep_args(tmp_path, sweep_dir, *SWEEP)
+    proc = start_cli("train.py", *args)
+    last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
+    wait_until(last.is_file, proc, what="the second job's first last.ckpt")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the sweep ended before it could be killed"
+    assert status(sweep_dir / JOBS[0]) == "finished"
+    assert status(sweep_dir / JOBS[1]) != "finished"
+    assert not (sweep_dir / JOBS[2]).exists()
+    finished = files_of(sweep_dir / JOBS[0])
+
+    again = run_cli("train.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"job 0: done before ({sweep_dir / JOBS[0]}), skipped" in again.stdout
+    assert f"job 1: continuing {sweep_dir / JOBS[1]} from {last}" in again.stdout
+    assert "job 1: done before" not in again.stdout and "job 2: done before" not in again.stdout
+    assert files_of(sweep_dir / JOBS[0]) == finished
+    for job in JOBS:
+        resumed, uninterrupted = metrics(sweep_dir / job), metrics(reference_dir / job)
+        assert resumed["status"] == "finished", job
+        assert {k: resumed[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}, job
+
+    assert [row[1] for row in table_rows(compare(sweep_dir))] == ["3"]  # one setting, one run per seed
+
+
+def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    steps = ["trainer.max_steps=10", "trainer.val_check_interval=10", "trainer.checkpoint_every_n_steps=10"]
+    args = sweep_args(tmp_path, sweep_dir, *QUICK, *steps, "model.dropout=0,-0.5")  # -0.5: out of range
+    first = run_cli("train.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    failed_dir = sweep_dir / "1_model.dropout=-0.5"
+    failed = failed_dir / "failed.json"
+    assert "job 1 failed: model.dropout=-0.5" in first.stdout and failed.is_file()
+    # What an earlier attempt may leave beside it (killed before its first last.ckpt): cleared first.
+    (failed_dir / "checkpoints").mkdir()
+    (failed_dir / "checkpoints" / "best-step=5.ckpt").write_bytes(b"stale")
+    os.utime(failed, ns=(0, 0))
+
+    again = run_cli("train.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"job 0: done before ({sweep_dir / '0_model.dropout=0'}), skipped" in again.stdout
+    assert (
+        f"job 1: starting {failed_dir} over (no last.ckpt): removed checkpoints, failed.json" in again.stdout
+    )
+    assert "job 1 failed: model.dropout=-0.5" in again.stdout
+    assert failed.stat().st_mtime_ns > 0 and not (failed_dir / "checkpoints").exists()
+
+    # The submitit launcher skips the same way, inside each job.
+    os.utime(failed, ns=(0, 0))
+    submitit = ["hydra/launcher=resumable_submitit_local", "hydra.launcher.skip_failed=true"]
+    skipped = run_cli("train.py", *args, *submitit)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert f"job 0: done before ({sweep_dir / '0_model.dropout=0'}), skipped" in skipped.stdout
+    assert f"job 1: failed before ({failed_dir}), skipped" in skipped.stdout
+    assert failed.stat().st_mtime_ns == 0
