@@ -17,7 +17,7 @@ from tinytransformer.benchmarks.training import (
 )
 from tinytransformer.data import tiny_world
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training.recipe import auto_precision
+from tinytransformer.training.precision import auto_precision
 
 
 def test_flops_per_token_of_nanogpts_cpu_config_is_six_per_weight_plus_attention():
@@ -54,7 +54,12 @@ def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, tota
     assert (m.n_layers, m.n_heads, m.d_model, m.dropout, m.bias) == model
     assert (cfg.data.block_size, cfg.data.batch_size) == data
     assert (o._target_, o.lr, o.weight_decay, list(o.betas)) == ("torch.optim.AdamW", 0.001, 0.1, [0.9, 0.99])
-    assert (s.name, s.warmup_steps, s.total_steps, s.min_lr_ratio) == ("cosine", 100, total_steps, 0.1)
+    assert (s._target_, s.warmup_steps, s.total_steps, s.min_lr_ratio) == (
+        "tinytransformer.training.optim.WarmupCosine",
+        100,
+        total_steps,
+        0.1,
+    )
     assert (cfg.callbacks.gradient_clipping.max_norm, cfg.trainer.accelerator) == (1.0, accelerator)
     assert cfg.trainer.precision == auto_precision(accelerator)  # our default, resolved for this machine
 

@@ -3,9 +3,10 @@ import re
 import numpy as np
 import pytest
 
-from tinytransformer.data.datamodule import DataConfig, TextDataModule, split_tokens
+from tinytransformer.data.datamodule import TextDataModule, split_tokens
 from tinytransformer.data.tokenizers import create_tokenizer
 from tinytransformer.errors import UserError
+from tinytransformer.schema import DataConfig
 
 
 def test_splits_are_contiguous_disjoint_and_cover_the_stream():
@@ -50,7 +51,7 @@ def test_a_split_shorter_than_a_window_is_a_user_error_with_the_fix(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("a short text " * 10)
     dm = TextDataModule(DataConfig(corpus="text_file", path=str(path), block_size=64), seed=0)
-    with pytest.raises(UserError, match=r"val split has 13 tokens.*data.block_size"):
+    with pytest.raises(UserError, match=r"val split has 6 tokens.*data.block_size"):
         dm.setup()
 
 

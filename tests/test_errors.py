@@ -67,6 +67,8 @@ TRAIN_CASES = {
     "unknown preset": (["model=huge"], ["model=huge", "available: default, shakespeare, small, tiny"]),
     "bad syntax": (["model dropout=0.1"], ["model dropout=0.1", "bad override syntax", "key=value"]),
     "unbalanced bracket, taken as a string": (["model.dropout=[0.1"], ["model.dropout='[0.1'", "a number"]),
+    "no scheduler": (["scheduler._target_=nope.Nope"], ["scheduler._target_=nope.Nope", "cannot import"]),
+    "unknown scheduler key": (["+scheduler.gamma=1"], ["scheduler.gamma", "WarmupCosine takes no argument"]),
 }
 
 

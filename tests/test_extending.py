@@ -1,6 +1,6 @@
 """A template, not an app: a new model or regularizer is one file plus one YAML, and an optimizer from
-torch.optim one YAML, all outside src/ (tests/extensions/); each trains, resumes exactly, generates,
-evaluates, and shows up in compare_runs and the hparams."""
+torch.optim or an LR scheduler from torch.optim.lr_scheduler one YAML, all outside src/ (tests/extensions/);
+each trains, resumes exactly, generates, evaluates, and shows up in compare_runs and the hparams."""
 
 import json
 import os
@@ -22,25 +22,24 @@ from tinytransformer.cli import ROOT
 EXTENSIONS = Path(__file__).parent / "extensions"
 ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}  # gru_lm, my_regularizers
 SEARCH_PATH = f"hydra.searchpath=[file://{EXTENSIONS / 'conf'}]"
-BASE = [
-    *(o for o in TINY_RUN if not o.startswith("model=")),
-    SEARCH_PATH,
-    "scheduler.total_steps=40",  # the same schedule for a run stopped at 20 steps and one of 40
-    "test=false",
-]
+BASE = [*(o for o in TINY_RUN if not o.startswith(("model=", "scheduler."))), SEARCH_PATH, "test=false"]
+# The same cosine schedule for a run stopped at 20 steps and one of 40.
+COSINE = ["scheduler.warmup_steps=5", "scheduler.total_steps=40"]
 # What each extension is chosen by, and where its checkpoint holds its spec.
 CHOICES = {
-    "model": (["model=gru"], ("model",)),
-    "optimizer": (["model=tiny", "optimizer=sgd"], ("optimizer",)),
+    "model": (["model=gru", *COSINE], ("model",)),
+    "optimizer": (["model=tiny", "optimizer=sgd", *COSINE], ("optimizer",)),
     "regularizer": (
-        ["model=tiny", "regularization=confidence_penalty"],
+        ["model=tiny", "regularization=confidence_penalty", *COSINE],
         ("regularizers", "confidence_penalty"),
     ),
+    "scheduler": (["model=tiny", "scheduler=step", "scheduler.step_size=10"], ("scheduler",)),
 }
 TARGETS = {
     "model": "gru_lm.GRULanguageModel",
     "optimizer": "torch.optim.SGD",
     "regularizer": "my_regularizers.ConfidencePenalty",
+    "scheduler": "torch.optim.lr_scheduler.StepLR",
 }
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint-14a602d.ckpt"  # written by main at 14a602d
 
@@ -78,6 +77,29 @@ def test_it_trains_and_resumes_exactly(runs):
         a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
     )
     assert json.loads((whole / "metrics.json").read_text())["status"] == "finished"
+
+
+def logged(run: Path, tag: str) -> dict[int, float]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+@pytest.mark.parametrize("runs", ["scheduler"], indirect=True)
+def test_a_torch_scheduler_named_by_yaml_alone_sets_the_lr_and_resumes_with_its_state(runs):
+    _, whole, resumed = runs
+    # StepLR(step_size=10, gamma=0.5) over AdamW's lr 0.002: halved every 10 steps, logged after each 10th.
+    expected = {10: 1e-3, 20: 5e-4, 30: 2.5e-4, 40: 1.25e-4}
+    assert logged(whole, "train/lr") == pytest.approx(expected, rel=1e-6)
+    assert logged(resumed, "train/lr") == pytest.approx(expected, rel=1e-6)  # halves 2 and 3: its state
+    saved = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["scheduler"] == {
+        "_target_": "torch.optim.lr_scheduler.StepLR",
+        "step_size": 10,
+        "gamma": 0.5,
+    }
+    assert saved["lr_schedulers"][0]["last_epoch"] == 40
+    assert hparams(whole)["scheduler"] == "StepLR"
 
 
 def test_it_generates_and_evaluates_from_its_checkpoint_alone(runs):
@@ -138,6 +160,7 @@ def test_the_readmes_commands_run_and_the_sweep_compares_every_extension(tmp_pat
         sweep_dir = next(tmp_path.glob("train/multiruns/*/*"), None)
     every = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd,regularization=confidence_penalty")))
     assert (every["model"], every["d_model"], every["optimizer"]) == ("GRULanguageModel", 64, "SGD")
+    assert every["scheduler"] == "WarmupCosine"
     assert every["regularizers.confidence_penalty.beta"] == pytest.approx(0.1)
     none = hparams(next(sweep_dir.glob("*_model=default,optimizer=adamw,regularization=none")))
     assert (

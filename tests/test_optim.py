@@ -6,13 +6,19 @@ import torch
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.training.optim import (
+    WarmupCosine,
     build_optimizer,
-    lr_factor,
+    build_scheduler,
+    fast_forward,
     parameter_groups,
     resume_schedule,
     scheduled_lr,
+    scheduler_spec,
     warmup_cosine,
 )
+
+COSINE = "tinytransformer.training.optim.WarmupCosine"
+STEP = {"_partial_": True, "_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 4, "gamma": 0.5}
 
 
 def test_adamw_decays_weight_matrices_only():
@@ -63,26 +69,99 @@ def test_warmup_cosine_rises_then_decays_to_the_floor():
     assert not math.isnan(factor(10_000))
 
 
-def test_scheduled_lr_is_the_lr_lambdalr_sets_at_each_step():
-    schedule = {"name": "cosine", "warmup_steps": 3, "total_steps": 12, "min_lr_ratio": 0.1}
-    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule))
-    for step in range(20):
-        assert optimizer.param_groups[0]["lr"] == scheduled_lr(schedule, 0.5, step), step
+def lrs_while_training(spec: dict, lr: float, steps: int) -> list[float]:
+    """The lr of each of `steps` optimizer steps, the scheduler `spec` names stepped after each."""
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=lr)
+    scheduler = build_scheduler(optimizer, spec)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        scheduler.step()
-    assert lr_factor({"name": "none"}) is None and scheduled_lr({"name": "none"}, 0.5, 7) == 0.5
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
+def test_the_cosine_schedule_is_a_scheduler_class_stepping_the_warmup_cosine_factor():
+    spec = {"_target_": COSINE, "warmup_steps": 3, "total_steps": 12, "min_lr_ratio": 0.1}
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+    assert isinstance(build_scheduler(optimizer, spec), WarmupCosine)
+    factor = warmup_cosine(3, 12, 0.1)
+    assert lrs_while_training(spec, 0.5, 20) == [0.5 * factor(step) for step in range(20)]
+
+
+def test_any_torch_scheduler_is_built_from_its_spec_and_a_null_target_is_a_constant_lr():
+    assert lrs_while_training(STEP, 0.8, 10) == [0.8] * 4 + [0.4] * 4 + [0.2] * 2
+    assert lrs_while_training({"_target_": None, "on_resume": "keep"}, 0.8, 3) == [0.8] * 3
+
+
+def test_scheduled_lr_is_the_lr_the_scheduler_sets_at_each_step():
+    cosine = {"_target_": COSINE, "warmup_steps": 3, "total_steps": 12, "min_lr_ratio": 0.1}
+    for spec in (cosine, STEP, {"_target_": None}):
+        lrs = lrs_while_training(spec, 0.5, 20)
+        assert [scheduled_lr(spec, 0.5, step) for step in range(20)] == lrs, spec
+
+
+def test_a_fast_forwarded_scheduler_is_where_training_would_have_left_it():
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.8)
+    scheduler = build_scheduler(optimizer, STEP)
+    fast_forward(scheduler, 9)
+    assert (
+        scheduler.last_epoch == 9 and optimizer.param_groups[0]["lr"] == lrs_while_training(STEP, 0.8, 10)[9]
+    )
+
+
+def test_schedule_names_of_earlier_run_dirs_and_checkpoints_still_build():
+    old = {"name": "cosine", "warmup_steps": 3, "total_steps": 12, "min_lr_ratio": 0.1}
+    assert scheduler_spec(old) == {
+        "_target_": COSINE,
+        "warmup_steps": 3,
+        "total_steps": 12,
+        "min_lr_ratio": 0.1,
+    }
+    assert lrs_while_training(old, 0.5, 20) == lrs_while_training(scheduler_spec(old), 0.5, 20)
+    assert scheduler_spec({"name": "none", "on_resume": "keep"}) == {"_target_": None}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"_target_": "torch.optim.lr_scheduler.Nope"},
+            "scheduler._target_=torch.optim.lr_scheduler.Nope: cannot import it",
+        ),
+        ({**STEP, "gama": 0.5}, "scheduler.gama: StepLR takes no argument 'gama'"),
+        ({"_target_": "torch.optim.lr_scheduler.StepLR"}, "scheduler.step_size: missing; StepLR needs it"),
+        (
+            {"_target_": None, "gamma": 0.5},
+            "scheduler.gamma: a constant lr (scheduler._target_=null) takes no arguments",
+        ),
+        ({"name": "linear"}, "scheduler._target_: missing"),
+    ],
+)
+def test_a_scheduler_that_cannot_be_built_is_one_line(spec, message):
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.5)
+    with pytest.raises(UserError) as err:
+        build_scheduler(optimizer, spec)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_a_resumed_run_keeps_its_checkpoints_schedule_unless_told_to_rebuild_it():
-    old = {"name": "cosine", "warmup_steps": 0, "total_steps": 20, "min_lr_ratio": 0.1}
-    new, constant = {**old, "total_steps": 40}, {"name": "none"}
-    assert resume_schedule(old, old, "keep", 0.01, 20) == (
+    old = {"_target_": COSINE, "warmup_steps": 0, "total_steps": 20, "min_lr_ratio": 0.1}
+    new, constant = {**old, "total_steps": 40}, {"_target_": None}
+    assert resume_schedule(old, {**old, "_partial_": True}, "keep", 0.01, 20) == (
         old,
         "schedule: kept the checkpoint's cosine schedule (planned for 20 steps): lr 1.00e-03 at step 20",
     )
     assert resume_schedule(constant, new, "rebuild", 0.01, 20) == (
         new,
         "schedule: rebuilt as this config's cosine schedule (planned for 40 steps) (scheduler.on_resume=rebuild), "
-        "not the checkpoint's constant lr (scheduler.name=none): lr 1.00e-02 -> 5.50e-03 at step 20",
+        "not the checkpoint's constant lr (scheduler=none): lr 1.00e-02 -> 5.50e-03 at step 20",
     )
+    step = scheduler_spec(STEP)
+    assert resume_schedule(old, STEP, "keep", 0.01, 20) == (
+        old,
+        "schedule: kept the checkpoint's cosine schedule (planned for 20 steps): lr 1.00e-03 at step 20; "
+        "scheduler.on_resume=rebuild would use this config's StepLR schedule (step_size=4, gamma=0.5): lr 3.13e-04",
+    )
+    assert resume_schedule(old, STEP, "rebuild", 0.01, 20)[0] == step

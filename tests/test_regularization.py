@@ -8,10 +8,11 @@ from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.config import validate
 from tinytransformer.curves import read_scalars
-from tinytransformer.data.datamodule import DataConfig, TextDataModule
+from tinytransformer.data.datamodule import TextDataModule
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
+from tinytransformer.schema import DataConfig
 from tinytransformer.training.recipe import train
 
 QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=minimal", "test=false"]

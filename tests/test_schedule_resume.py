@@ -1,4 +1,5 @@
-"""Extending a run on resume: the lr stays continuous unless scheduler.on_resume=rebuild, and the run says which."""
+"""Extending a run on resume: the lr stays continuous unless scheduler.on_resume=rebuild, and the run says which,
+for our cosine schedule and any torch scheduler."""
 
 import logging
 from pathlib import Path
@@ -18,6 +19,14 @@ FIRST = [*TINY_RUN, "trainer.max_steps=20", "optimizer.lr=0.003", "test=false"]
 EXTENDED = [*FIRST, "trainer.max_steps=40"]
 LR, RESUME_STEP = 0.003, 20
 OLD_PLAN, NEW_PLAN = warmup_cosine(5, 20, 0.1), warmup_cosine(5, 40, 0.1)
+# A torch scheduler by overrides alone: StepLR halving the lr every 6 steps.
+STEP_LR = [
+    "scheduler=none",
+    "scheduler._target_=torch.optim.lr_scheduler.StepLR",
+    "+scheduler.step_size=6",
+    "+scheduler.gamma=0.5",
+]
+STEPPED = [*(o for o in FIRST if not o.startswith("scheduler.")), *STEP_LR]
 
 
 class LearningRates(L.Callback):
@@ -30,9 +39,11 @@ class LearningRates(L.Callback):
         self.by_step[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
 
 
-def run_and_resume(overrides: list[str], out: Path, monkeypatch, caplog) -> tuple[dict, list[str]]:
-    """Run FIRST in `out`, resume it there with `overrides`: (the lr by resumed step, its `schedule:` lines)."""
-    recipe.train(compose_train(FIRST, out), out)
+def run_and_resume(
+    overrides: list[str], out: Path, monkeypatch, caplog, first: list[str] = FIRST
+) -> tuple[dict, list[str]]:
+    """Run `first` in `out`, resume it there with `overrides`: (the lr by resumed step, its `schedule:` lines)."""
+    recipe.train(compose_train(first, out), out)
     lrs, build_callbacks = LearningRates(), recipe.build_callbacks
     monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), lrs])
     with caplog.at_level(logging.INFO, logger="tinytransformer"):
@@ -68,6 +79,33 @@ def test_on_resume_rebuild_plans_the_schedule_anew_and_says_how_far_the_lr_jumps
         "schedule: rebuilt as this config's cosine schedule (planned for 40 steps) (scheduler.on_resume=rebuild), "
         f"not the checkpoint's cosine schedule (planned for 20 steps): lr {LR * 0.1:.2e} -> "
         f"{LR * NEW_PLAN(RESUME_STEP):.2e} at step 20"
+    ]
+
+
+def test_a_torch_scheduler_goes_on_from_its_checkpoint_state(tmp_path, monkeypatch, caplog):
+    extended = [*STEPPED, "trainer.max_steps=40"]
+    lrs, lines = run_and_resume(extended, tmp_path, monkeypatch, caplog, first=STEPPED)
+    assert sorted(lrs) == list(range(RESUME_STEP, 40))
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(LR * 0.5 ** (step // 6), rel=1e-9), step
+    assert lines == [
+        f"schedule: kept the checkpoint's StepLR schedule (step_size=6, gamma=0.5): lr {LR * 0.5**3:.2e} at step 20"
+    ]
+
+
+def test_on_resume_rebuild_steps_another_scheduler_class_to_the_resume_step(tmp_path, monkeypatch, caplog):
+    rebuilt = [
+        *(o for o in EXTENDED if not o.startswith("scheduler.")),
+        *STEP_LR,
+        "scheduler.on_resume=rebuild",
+    ]
+    lrs, lines = run_and_resume(rebuilt, tmp_path, monkeypatch, caplog)
+    assert sorted(lrs) == list(range(RESUME_STEP, 40))
+    for step, lr in lrs.items():  # as if the run had used StepLR from step 0
+        assert lr == pytest.approx(LR * 0.5 ** (step // 6), rel=1e-9), step
+    assert lines == [
+        "schedule: rebuilt as this config's StepLR schedule (step_size=6, gamma=0.5) (scheduler.on_resume=rebuild), "
+        f"not the checkpoint's cosine schedule (planned for 20 steps): lr {LR * 0.1:.2e} -> {LR * 0.5**3:.2e} at step 20"
     ]
 
 

@@ -13,7 +13,7 @@ from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.config import validate
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import recipe
+from tinytransformer.training import precision
 from tinytransformer.training.callbacks import StepProgressBar
 from tinytransformer.training.recipe import train
 
@@ -88,10 +88,10 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(
     monkeypatch, accelerator, cuda_bf16, cpu_amx, expected
 ):
-    monkeypatch.setattr(recipe, "_cpu_has_amx", lambda: cpu_amx)
+    monkeypatch.setattr(precision, "_cpu_has_amx", lambda: cpu_amx)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bool(cuda_bf16))
-    assert recipe.auto_precision(accelerator) == expected
+    assert precision.auto_precision(accelerator) == expected
 
 
 def test_a_bf16_mixed_cpu_run_records_its_precision_and_learns(tmp_path):
@@ -107,7 +107,7 @@ def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):
     assert cfg.trainer.precision == "auto"
     train(cfg, tmp_path)
     recorded = json.loads((tmp_path / "metrics.json").read_text())["precision"]
-    assert recorded == recipe.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")
+    assert recorded == precision.auto_precision("cpu") and recorded in ("bf16-mixed", "32-true")
 
 
 class HostReads(TorchDispatchMode):

@@ -47,7 +47,7 @@ def trained(cfg: DictConfig) -> dict[str, Any]:
         "n_layers": model.get("n_layers", 0),
         "optimizer": _class_name(optimizer.get("_target_") or optimizer.get("name")),
         "lr": float(optimizer.get("lr", 0.0)),
-        "scheduler": cfg.scheduler.name,
+        "scheduler": _class_name(cfg.scheduler.get("_target_") or cfg.scheduler.get("name") or "none"),
         "max_steps": cfg.trainer.max_steps,
         "precision": str(cfg.trainer.precision),
     }

@@ -4,10 +4,12 @@ Hydra composes them, and every composition error turned into one line that names
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from pathlib import Path
 
+from tinytransformer.config import register_schemas
 from tinytransformer.errors import UserError
 from tinytransformer.runs import quoted
 
@@ -17,9 +19,12 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shel
 def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -> str:
     """Hydra's multi-line composition errors, as one line that names the override and the fix."""
     text = str(err)
+    if line := _schema_error_line(err, overrides):
+        where = re.match(r"In '([^']+)'", text)  # set by a YAML (else by an override)
+        return line + (f" (set in {where.group(1)})" if where else "")
     if m := re.search(r"Could not override '([^']+)'", text):
         key = m.group(1)
-        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key), "?")
+        value = _given(overrides, key) or "?"
         hint = _close_keys(key, config_dir, overrides)
         return f"{key}={value}: no such config key{hint}; to add a new key on purpose use +{key}={value}"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
@@ -28,6 +33,33 @@ def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -
         return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines[:2])
+
+
+def _schema_error_line(err: Exception, overrides: list[str]) -> str | None:
+    """validate's line for what a schema node (config.register_schemas) refused at compose time: a value of
+    the wrong type, or a key that is none of its fields."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from tinytransformer.checks import not_allowed, rule, unknown_key_line
+
+    refusals = (ConfigAttributeError, ConfigKeyError, ValidationError)
+    cause = err.__cause__ or err.__context__
+    while cause is not None and not isinstance(cause, refusals):
+        cause = cause.__cause__ or cause.__context__
+    schema, key = getattr(cause, "object_type", None), getattr(cause, "full_key", None)
+    if not (key and dataclasses.is_dataclass(schema)):
+        return None
+    name = key.rpartition(".")[2]
+    if not isinstance(cause, ValidationError):  # no such key
+        return unknown_key_line(schema, key, _given(overrides, key))
+    if name in {f.name for f in dataclasses.fields(schema)}:
+        return not_allowed(key, cause.value, rule(schema, name).allowed)
+    return None
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    """The value `overrides` give `key`, as written."""
+    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=")[0] == key), None)
 
 
 def _close_keys(key: str, config_dir: Path, overrides: list[str]) -> str:
@@ -97,6 +129,7 @@ def compose_config(config_dir: Path, config_name: str, overrides: list[str], wit
             raise UserError(f"{override}: bad override syntax ({reason}); {_syntax_fix(override)}") from None
     parsed = parser.parse_overrides(overrides)
     single = [_first_value(o) if o.is_sweep_override() else o.input_line for o in parsed]
+    register_schemas()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return compose(config_name=config_name, overrides=single, return_hydra_config=with_hydra)

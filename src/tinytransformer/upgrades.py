@@ -9,8 +9,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from tinytransformer.specs import current_target
 
-# 2: every callback is in conf/callbacks/. Before, the run's records (metrics.json, hparams, lr, last.ckpt,
-# progress bar, process setup) were built in code, and configs had no config_version.
+# 2: every callback is in conf/callbacks/, and one val history decides the best checkpoint and early
+# stopping. Before, configs had no config_version, the run's records (metrics.json, hparams, lr, last.ckpt,
+# progress bar, process setup) were built in code, and Lightning's ModelCheckpoint and EarlyStopping each
+# tracked the best val loss of their own.
 CONFIG_VERSION = 2
 CALLBACKS_DIR = Path(__file__).resolve().parents[2] / "conf" / "callbacks"
 
@@ -22,8 +24,27 @@ def upgrade(cfg: DictConfig) -> None:
         with open_dict(cfg):
             cfg.callbacks = cfg.get("callbacks") or {}
             for name in record_callbacks():
-                cfg.callbacks[name] = OmegaConf.load(CALLBACKS_DIR / f"{name}.yaml")[name]
+                cfg.callbacks[name] = callback_yaml(name)
+            _replace_lightning_rules(cfg.callbacks)
             cfg.config_version = CONFIG_VERSION
+
+
+def _replace_lightning_rules(callbacks: DictConfig) -> None:
+    """Lightning's ModelCheckpoint and EarlyStopping of a version-1 config, as today's YAMLs (patience and
+    min_delta kept)."""
+    for name, spec in list(callbacks.items()):
+        target = spec.get("_target_") if spec is not None else None
+        if target == "lightning.pytorch.callbacks.ModelCheckpoint":
+            del callbacks[name]
+            callbacks.best_checkpoint = callback_yaml("best_checkpoint")
+        elif target == "lightning.pytorch.callbacks.EarlyStopping":
+            callbacks[name] = callback_yaml("early_stopping")
+            callbacks[name].patience, callbacks[name].min_delta = spec.patience, spec.min_delta
+
+
+def callback_yaml(name: str) -> DictConfig:
+    """The spec conf/callbacks/<name>.yaml holds for callback `name`."""
+    return OmegaConf.load(CALLBACKS_DIR / f"{name}.yaml")[name]
 
 
 def upgrade_targets(node: DictConfig | ListConfig) -> None:

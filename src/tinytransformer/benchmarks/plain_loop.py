@@ -19,8 +19,9 @@ from tinytransformer.benchmarks.machine import synchronize
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
-from tinytransformer.training.optim import build_optimizer, warmup_cosine
-from tinytransformer.training.recipe import build_module, on_gpu
+from tinytransformer.training.optim import build_optimizer, build_scheduler
+from tinytransformer.training.precision import on_gpu
+from tinytransformer.training.recipe import build_module
 
 
 @dataclass
@@ -65,16 +66,13 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
 
 
 def plain_round(recipe: PlainRecipe, train_tokens: torch.Tensor, warmup: int, steps: int) -> Segment:
-    device, s = recipe.device, recipe.scheduler
+    device = recipe.device
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model).to(device)
     if recipe.compile:
         model.compile()
     optimizer = build_optimizer(model, recipe.optimizer)
-    scheduler = None
-    if s["name"] == "cosine":
-        factor = warmup_cosine(s["warmup_steps"], s["total_steps"], s["min_lr_ratio"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = build_scheduler(optimizer, recipe.scheduler)
     tokens = train_tokens.to(device)
     batches = iter(RandomWindowBatches(tokens, model.block_size, recipe.batch_size, recipe.seed))
     model.train()

@@ -31,8 +31,9 @@ def _setup_lines(r: dict[str, Any]) -> list[str]:
     recipe = r["recipe"]
     m, o, s = recipe.model, recipe.optimizer, recipe.scheduler
     schedule = "constant lr"
-    if s["name"] == "cosine":
-        schedule = f"cosine to step {s['total_steps']}, warm-up {s['warmup_steps']}, min_lr_ratio {s['min_lr_ratio']}"
+    if s["_target_"]:
+        arguments = ", ".join(f"{k} {v}" for k, v in s.items() if k != "_target_")
+        schedule = f"{s['_target_'].rpartition('.')[2]} ({arguments})"
     return [
         f"machine: {r['machine']}",
         f"data: {r['corpus']}",

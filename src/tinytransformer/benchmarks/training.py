@@ -34,12 +34,12 @@ from tinytransformer.config import validate
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer, build_model
 from tinytransformer.overrides import compose_config
+from tinytransformer.training.precision import resolve_precision
 from tinytransformer.training.recipe import (
     build_callbacks,
     build_datamodule,
     build_module,
     build_trainer,
-    resolve_precision,
 )
 
 # The shared copy beside the repo; TINYSHAKESPEARE=<path> points elsewhere (e.g. on a GPU machine).

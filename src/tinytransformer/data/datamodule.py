@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,7 @@ from tinytransformer.data.corpora import (
 from tinytransformer.data.token_cache import cached_char_tokens
 from tinytransformer.data.tokenizers import Tokenizer, create_tokenizer, token_dtype, tokenizer_from_dict
 from tinytransformer.errors import UserError
-
-
-@dataclass
-class DataConfig:
-    """What `conf/data/*.yaml` holds (the schema of the `data` group)."""
-
-    corpus: str = "tiny_world"  # tiny_world | text_file | shakespeare | inline
-    path: str | None = None
-    text: str | None = None  # data=inline: the training text
-    val_text: str | None = None  # data=inline: the held-out text (the val split; no test split)
-    encoding: str = "utf-8"
-    num_chars: int = 1_000_000  # size of the generated tiny_world corpus
-    cache_dir: str = "data/cache"
-    tokenizer: str = "char"
-    block_size: int = 64
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_eval_chars: int = 50_000  # scored val characters per validation (test: all)
-    overfit_batches: int = 0  # > 0: train on that many fixed batches only (a debugging check)
-    augment: dict[str, float] = field(default_factory=lambda: {"mask_prob": 0.0, "substitute_prob": 0.0})
+from tinytransformer.schema import DataConfig
 
 
 def load_corpus(cfg: DataConfig, seed: int) -> Corpus:
@@ -153,8 +131,7 @@ class TextDataModule(L.LightningDataModule):
 
     @property
     def augment(self) -> Augment:
-        probs = self.cfg.augment
-        return Augment(probs.get("mask_prob", 0.0), probs.get("substitute_prob", 0.0))
+        return Augment(self.cfg.augment.mask_prob, self.cfg.augment.substitute_prob)
 
     def tokens_per_step(self, trainer) -> int:
         """Tokens one optimizer step trains on, over all ranks."""

@@ -8,13 +8,16 @@ N pre-LayerNorm blocks stack as in GPT-2 / nanoGPT.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinytransformer.checks import at_least, check_fields, in_range
+from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 
 # Per-layer cache of (keys, values), each (B, n_heads, T_cached, head_dim).
@@ -25,13 +28,27 @@ DEFAULT_MODEL = "tinytransformer.model.TinyTransformer"
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    vocab_size: int
-    block_size: int
-    d_model: int = 128
-    n_heads: int = 4
-    n_layers: int = 4
-    dropout: float = 0.0
+    """TinyTransformer's sizes, each with its range (`model.*` is checked against them at the door)."""
+
+    vocab_size: int = field(metadata=at_least(1))
+    block_size: int = field(metadata=at_least(1))
+    d_model: int = field(default=128, metadata=at_least(1))
+    n_heads: int = field(default=4, metadata=at_least(1))
+    n_layers: int = field(default=4, metadata=at_least(1))
+    dropout: float = field(default=0.0, metadata=in_range(0, 1))
     bias: bool = True
+
+    @staticmethod
+    def check(arguments: Mapping[str, Any], key: str = "model") -> None:
+        """A UserError for the first of TinyTransformer's `arguments` (plain data) that is not allowed."""
+        check_fields(TransformerConfig, arguments, key, closed=False)  # others: specs.check_arguments
+        d_model = arguments.get("d_model", TransformerConfig.d_model)
+        n_heads = arguments.get("n_heads", TransformerConfig.n_heads)
+        if d_model % n_heads:
+            raise UserError(
+                f"{key}.n_heads={n_heads} does not divide {key}.d_model={d_model}; "
+                f"pick n_heads from {[h for h in range(1, d_model + 1) if d_model % h == 0][:12]}"
+            )
 
 
 def attend(

@@ -9,12 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics import MinMetric
 
 from tinytransformer.data.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.model import build_model
-from tinytransformer.training.metrics import LanguageModelMetrics
-from tinytransformer.training.optim import build_optimizer, lr_factor
+from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory, legacy_val_history
+from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
 from tinytransformer.training.regularizers import build_regularizers
 
 
@@ -38,7 +37,8 @@ class LanguageModel(L.LightningModule):
         model: the model's spec, `_target_` (its class) and its arguments, vocab_size and block_size
             included (model.build_model).
         optimizer: the optimizer's spec, `_target_` (its class) and its arguments (optim.build_optimizer).
-        scheduler: `name` (`none` | `cosine`), `warmup_steps`, `min_lr_ratio`, `total_steps`.
+        scheduler: the LR scheduler's spec, `_target_` (its class, called with the optimizer; None: a
+            constant lr) and its arguments (optim.build_scheduler); stepped after every optimizer step.
         tokenizer: the tokenizer's `to_dict()`, so a checkpoint alone can generate text.
         data: the run's data config, so a checkpoint alone can be evaluated on the data it was trained on.
         seed: seeds dropout per training batch, making a resumed run's dropout masks those of an
@@ -68,8 +68,7 @@ class LanguageModel(L.LightningModule):
         self.val_metrics = LanguageModelMetrics(token_char_lengths)
         self._one_char_per_token = all(length == 1 for length in token_char_lengths)
         self.test_metrics = LanguageModelMetrics(token_char_lengths)
-        self.val_loss_best = MinMetric()
-        self.val_loss_best.persistent(True)  # resumed runs keep their best
+        self.val_history = ValHistory()  # the one record of the best val loss; saved in checkpoints
         # Summed on the device since the last validation, so their means are logged without a host sync
         # per step: [train loss, train bits/char (comparable with a corpus's entropy floor), steps]. One
         # device op per step.
@@ -130,9 +129,18 @@ class LanguageModel(L.LightningModule):
             raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)
         self._finite_until_step = self.global_step
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["val_history"] = [list(record) for record in self.val_history.records]
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = ValHistory(checkpoint.get("val_history") or legacy_val_history(checkpoint))
         # Runs from before gradient clipping was a callback counted clipped steps in this buffer.
         checkpoint["state_dict"].pop("_clip_sums", None)
+        # A scheduler's state belongs to its schedule: a schedule rebuilt for this config
+        # (scheduler.on_resume=rebuild) starts afresh instead, and continue_schedule steps it on.
+        saved, planned = checkpoint["hyper_parameters"]["scheduler"], self.hparams.scheduler
+        if scheduler_spec(saved) != scheduler_spec(planned):
+            checkpoint["lr_schedulers"] = []
 
     def on_train_start(self) -> None:
         self._finite_until_step = self.global_step  # a resumed run's earlier steps were checked
@@ -140,18 +148,21 @@ class LanguageModel(L.LightningModule):
             self.continue_schedule(self.global_step)
 
     def continue_schedule(self, step: int) -> None:
-        """Set the lr to this module's schedule's value at `step`. A resumed run restores the lr from its
-        checkpoint's optimizer state: the old schedule's, which a rebuilt one (scheduler.on_resume=rebuild)
-        must replace from the resume step on, not one step later."""
+        """Set the lr of a run resumed at `step`. Lightning restores the checkpoint's optimizer and scheduler
+        state, so a kept schedule goes on as it was. A schedule rebuilt for this config
+        (scheduler.on_resume=rebuild) is stepped from its start to `step`, as if the run had followed it
+        all along; a constant lr is the configured one. Both replace the restored lr from `step` on."""
         optimizer, scheduler = self.optimizers(use_pl_optimizer=False), self.lr_schedulers()
         if scheduler is None:  # a constant lr: the configured one
             lrs = [self.hparams.optimizer["lr"]] * len(optimizer.param_groups)
-        else:  # LambdaLR's formula, so a kept schedule's lr stays bit-identical
-            scheduler.last_epoch = step
-            factors = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
-            lrs = [base * factor(step) for base, factor in factors]
+        elif scheduler.last_epoch == step:  # the checkpoint's own scheduler, restored: it goes on
+            return
+        else:  # rebuilt: from its lr at step 0 (the restored optimizer holds the checkpoint's lr)
+            lrs = scheduler.get_last_lr()
         for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
+        if scheduler is not None:
+            fast_forward(scheduler, step)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -168,9 +179,9 @@ class LanguageModel(L.LightningModule):
         self.val_metrics.reset()
         if self.trainer.sanity_checking:  # a partial pass: only checks that validation runs
             return
-        self.val_loss_best.update(values["loss"])
+        self.val_history.add(self.global_step, float(values["loss"]), float(values["bpc"]))
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
-        self.log("val/loss_best", self.val_loss_best.compute())
+        self.log("val/loss_best", self.val_history.best[1])
         loss_sum, bits_sum, steps = self._train_sums
         if steps > 0:
             self.check_finite()  # before the sums restart
@@ -190,8 +201,7 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.hparams.optimizer)
-        factor = lr_factor(self.hparams.scheduler)
-        if factor is None:
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler)
+        if scheduler is None:  # a constant lr
             return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

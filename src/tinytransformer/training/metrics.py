@@ -42,3 +42,53 @@ class LanguageModelMetrics(Metric):
             "ppl": loss.exp().float(),
             "acc": (self.correct / self.tokens.clamp_min(1)).float(),
         }
+
+
+class ValHistory:
+    """Every validation's (step, val loss, val bits/char): the run's one record of its best val loss.
+
+    val/loss_best, the run summary, the best checkpoint and early stopping all read it, so they cannot
+    disagree about which step was best. It is saved in checkpoints as plain data: a resumed run goes on with
+    its history.
+    """
+
+    def __init__(self, records: list | None = None):
+        self.records: list[tuple[int, float, float]] = [
+            (int(s), float(v), float(b)) for s, v, b in records or []
+        ]
+
+    def add(self, step: int, loss: float, bpc: float) -> None:
+        if self.records and self.records[-1][0] == step:  # validated again at the same step: the newer counts
+            self.records.pop()
+        self.records.append((step, loss, bpc))
+
+    @property
+    def best(self) -> tuple[int, float, float] | None:
+        """(step, val loss, val bits/char) of the lowest val loss, the earliest of equals; None before any."""
+        return min(self.records, key=lambda r: r[1]) if self.records else None
+
+    def is_best(self, step: int) -> bool:
+        best = self.best
+        return best is not None and best[0] == step
+
+    def stalled(self, patience: int, min_delta: float = 0.0) -> bool:
+        """Whether the last `patience` validations each failed to improve on the best by more than
+        `min_delta`: Lightning's EarlyStopping rule, replayed over the history."""
+        best, waited = math.inf, 0
+        for _, loss, _ in self.records:
+            best, waited = (loss, 0) if loss < best - min_delta else (best, waited + 1)
+        return waited >= patience
+
+
+def legacy_val_history(checkpoint: dict) -> list[tuple[int, float, float]]:
+    """The history of a checkpoint written before ValHistory: its summary's best and last validation (the
+    earlier ones were not kept), its MinMetric state dropped from the weights."""
+    for key in [k for k in checkpoint["state_dict"] if k.startswith("val_loss_best.")]:
+        del checkpoint["state_dict"][key]
+    summary = checkpoint.get("callbacks", {}).get("RunSummary") or {}
+    records = []
+    if "best_step" in summary:
+        records.append((summary["best_step"], summary["best_val_loss"], summary["best_val_bpc"]))
+    if summary.get("final_val_step", summary.get("best_step")) != summary.get("best_step"):
+        records.append((summary["final_val_step"], summary["final_val_loss"], summary["final_val_bpc"]))
+    return records

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 
 
@@ -67,17 +70,82 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
     return factor
 
 
-def lr_factor(scheduler: dict[str, Any]) -> Callable[[int], float] | None:
-    """The LR multiplier of a `conf/scheduler` dict; None for a constant lr (`name: none`)."""
-    if scheduler["name"] == "none":
-        return None
-    return warmup_cosine(scheduler["warmup_steps"], scheduler["total_steps"], scheduler["min_lr_ratio"])
+class WarmupCosine(LambdaLR):
+    """Linear warm-up for `warmup_steps`, then cosine decay to `min_lr_ratio` x lr at `total_steps`; held
+    there after, so a run extended past `total_steps` goes on at the final lr."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float
+    ):
+        super().__init__(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
 
 
-def scheduled_lr(scheduler: dict[str, Any], lr: float, step: int) -> float:
-    """The lr that `scheduler` sets for `step` from the base `lr` (as LambdaLR computes it)."""
-    factor = lr_factor(scheduler)
-    return lr if factor is None else lr * factor(step)
+# `scheduler.name` of run dirs and checkpoints from before schedules were named by their class.
+_SCHEDULE_BY_NAME = {"cosine": "tinytransformer.training.optim.WarmupCosine", "none": None}
+
+
+def scheduler_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A conf/scheduler spec as checkpoints keep it: `_target_` (None: a constant lr) and the class's
+    arguments. `on_resume` (how a resumed run treats the schedule) and `_partial_` are not part of it."""
+    spec = {k: v for k, v in spec.items() if k not in ("on_resume", "_partial_")}
+    if "_target_" not in spec and spec.get("name") in _SCHEDULE_BY_NAME:
+        target = _SCHEDULE_BY_NAME[spec.pop("name")]
+        spec = {"_target_": target, **spec}
+    return spec
+
+
+def scheduler_class(spec: dict[str, Any]) -> tuple[type[LRScheduler] | None, dict[str, Any]]:
+    """(The LR scheduler class of a conf/scheduler spec, its arguments), checked; (None, {}) for a constant lr."""
+    spec = scheduler_spec(spec)
+    if "_target_" in spec and spec["_target_"] is None:
+        extra = sorted(set(spec) - {"_target_"})
+        if extra:
+            raise UserError(
+                f"scheduler.{extra[0]}: a constant lr (scheduler._target_=null) takes no arguments; "
+                f"remove it with ~scheduler.{extra[0]}, or name a scheduler class as scheduler._target_"
+            )
+        return None, {}
+    cls, arguments = resolve(spec, "scheduler")
+    _check_required(cls, arguments)
+    return cls, arguments
+
+
+def _check_required(cls: type, arguments: dict[str, Any]) -> None:
+    """A UserError naming the first argument `cls` needs that `arguments` lack (the optimizer comes first)."""
+    parameters = list(inspect.signature(cls).parameters.values())[1:]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p.name for p in parameters if p.default is p.empty and p.kind not in variadic]
+    missing = [name for name in required if name not in arguments]
+    if missing:
+        raise UserError(
+            f"scheduler.{missing[0]}: missing; {cls.__name__} needs it (set it with +scheduler.{missing[0]}=<value>)"
+        )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> LRScheduler | None:
+    """The LR scheduler a spec names (`_target_: torch.optim.lr_scheduler.StepLR`, its arguments) over
+    `optimizer`, stepped after every optimizer step; None for a constant lr (`_target_: null`)."""
+    cls, arguments = scheduler_class(spec)
+    return None if cls is None else cls(optimizer, **arguments)
+
+
+def fast_forward(scheduler: LRScheduler, step: int) -> None:
+    """Step `scheduler` on to `step`, once per optimizer step as training does: a scheduler that computes
+    each lr from the last one (StepLR, ExponentialLR) has no other way to reach its lr there."""
+    with warnings.catch_warnings():  # no optimizer step is taken here, as torch warns
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        for _ in range(step - scheduler.last_epoch):
+            scheduler.step()
+
+
+def scheduled_lr(spec: dict[str, Any], lr: float, step: int) -> float:
+    """The lr that the schedule `spec` sets at `step` from the base `lr`: built over a stand-in optimizer
+    and stepped to `step`."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = build_scheduler(optimizer, spec)
+    if scheduler is not None:
+        fast_forward(scheduler, step)
+    return optimizer.param_groups[0]["lr"]
 
 
 def resume_schedule(
@@ -85,10 +153,12 @@ def resume_schedule(
 ) -> tuple[dict[str, Any], str]:
     """(The schedule a run resumed at `step` follows, one line saying which.)
 
-    `on_resume="keep"`: the checkpoint's schedule `kept` goes on, so the lr is continuous (a longer run stays
-    at its final lr past the old end). `"rebuild"`: the resumed config's schedule `planned` takes over at
-    `step`, and the lr may jump. `lr` is the base lr.
+    `on_resume="keep"`: the checkpoint's schedule `kept` goes on (Lightning restores its scheduler state),
+    so the lr is continuous (a longer run stays at its final lr past the old end). `"rebuild"`: the resumed
+    config's schedule `planned` takes over at `step`, as if it had run from the start (LanguageModel steps
+    it there), and the lr may jump. `lr` is the base lr.
     """
+    kept, planned = scheduler_spec(kept), scheduler_spec(planned)
     before, after = scheduled_lr(kept, lr, step), scheduled_lr(planned, lr, step)
     if on_resume == "rebuild":
         return planned, (
@@ -101,7 +171,10 @@ def resume_schedule(
     return kept, line
 
 
-def _plan(schedule: dict[str, Any]) -> str:
-    if schedule["name"] == "none":
-        return "constant lr (scheduler.name=none)"
-    return f"{schedule['name']} schedule (planned for {schedule['total_steps']} steps)"
+def _plan(spec: dict[str, Any]) -> str:
+    cls, arguments = scheduler_class(spec)
+    if cls is None:
+        return "constant lr (scheduler=none)"
+    if cls is WarmupCosine:
+        return f"cosine schedule (planned for {arguments['total_steps']} steps)"
+    return f"{cls.__name__} schedule ({', '.join(f'{k}={v}' for k, v in arguments.items())})"

@@ -1,6 +1,7 @@
 """Lightning callbacks, each built from its YAML in conf/callbacks/ (conf/callbacks/default.yaml lists a
 default run's)."""
 
+from tinytransformer.training.callbacks.best import BestCheckpoint, EarlyStopping
 from tinytransformer.training.callbacks.clipping import GradientClipping
 from tinytransformer.training.callbacks.hparams import HParamsLogger
 from tinytransformer.training.callbacks.lr import LearningRateLogger
@@ -11,6 +12,8 @@ from tinytransformer.training.callbacks.sampling import SampleGeneration
 from tinytransformer.training.callbacks.summary import RunSummary
 
 __all__ = [
+    "BestCheckpoint",
+    "EarlyStopping",
     "GradientClipping",
     "HParamsLogger",
     "LastCheckpoint",

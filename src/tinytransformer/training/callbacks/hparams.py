@@ -43,20 +43,14 @@ class HParamsLogger(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or pl_module.val_history.best is None:
             return
-        summary = next((c for c in trainer.callbacks if type(c).__name__ == "RunSummary"), None)
-        if summary is None or "best_val_bpc" not in summary.state:
-            return
-        s = summary.state
-        metrics = {
-            "hp/val_loss_best": s["best_val_loss"],
-            "hp/val_bpc_best": s["best_val_bpc"],
-            "hp/best_step": s["best_step"],
-        }
-        if "final_train_loss" in s:
-            metrics["hp/train_loss_final"] = s["final_train_loss"]
-            metrics["hp/generalization_gap"] = s["final_val_loss"] - s["final_train_loss"]
+        best_step, best_loss, best_bpc = pl_module.val_history.best
+        metrics = {"hp/val_loss_best": best_loss, "hp/val_bpc_best": best_bpc, "hp/best_step": best_step}
+        m = trainer.callback_metrics
+        if "train/loss_avg" in m:
+            metrics["hp/train_loss_final"] = float(m["train/loss_avg"])
+            metrics["hp/generalization_gap"] = float(m["val/loss"]) - float(m["train/loss_avg"])
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

@@ -46,7 +46,7 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
     such point last.ckpt is written and RunInterrupted is raised (the entry point then hands SIGUSR2 on to
     submitit, which requeues the job). Writes are atomic (temporary file + rename): a SIGKILL mid-write
     keeps the previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, so it saves
-    their updated state (ModelCheckpoint's included).
+    their updated state (BestCheckpoint's included).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 500):

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_only
 
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
@@ -31,11 +31,13 @@ class RunSummary(L.Callback):
 
     def __init__(self, path: str | Path, started: float | None = None):
         self.path = Path(path)
-        self.static: dict[str, Any] = {}  # known before training: vocab_size, params, entropy floor...
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}  # what metrics.json holds; saved in checkpoints
+        self.static: dict[str, Any] = {}  # added after fit() by the recipe: the test results, best_ckpt_path
         self.started = job_start_time() if started is None else started
+        self._facts: dict[str, Any] = {}
         self._fit_start: float | None = None
         self._start_step = 0
+        self._timed_startup = False
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.state)
@@ -45,17 +47,19 @@ class RunSummary(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.static.update(run_facts(trainer, pl_module))
+            self._facts = run_facts(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Into the state, after a checkpoint's was restored: this job's facts, and (with ddp_spawn) back to
+        # the process that started fit(), as the launcher returns callback states.
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
         self.state.pop("stop_reason", None)
-        self.state["status"] = RUNNING
-        self.static["threads"] = torch.get_num_threads()
+        self.state.update(self._facts, status=RUNNING, threads=torch.get_num_threads())
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
-        if "startup_s" not in self.static and self.started is not None:
-            self.static["startup_s"] = round(time.time() - self.started, 2)  # job start -> first step
+        if not self._timed_startup and self.started is not None:
+            self.state["startup_s"] = round(time.time() - self.started, 2)  # job start -> first step
+            self._timed_startup = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -69,8 +73,8 @@ class RunSummary(L.Callback):
         if "train/loss_avg" in m:
             self.state["final_train_loss"] = float(m["train/loss_avg"])
             self.state["final_train_bpc"] = float(m["train/bpc_avg"])
-        if val_loss < self.state.get("best_val_loss", math.inf):
-            self.state.update(best_val_loss=val_loss, best_val_bpc=float(m["val/bpc"]), best_step=step)
+        best_step, best_loss, best_bpc = pl_module.val_history.best
+        self.state.update(best_val_loss=best_loss, best_val_bpc=best_bpc, best_step=best_step)
         self.write(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -119,11 +123,9 @@ def run_facts(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any
 def stop_reason(trainer: L.Trainer) -> str:
     """Why fit() returned: the first rule that fired."""
     if getattr(trainer, "stop_reason", None):
-        return trainer.stop_reason  # set by our own callbacks (sample quality, signals, non-finite loss)
+        return trainer.stop_reason  # set by our own callbacks (early stopping, sample quality, signals, ...)
     if trainer.interrupted:
         return "interrupted"
-    if any(isinstance(c, EarlyStopping) and c.wait_count >= c.patience for c in trainer.callbacks):
-        return "early_stopping"
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "max_steps"
     # trainer.max_time: Lightning adds a Timer, which stops the run once no time remains.
