@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.curves import read_scalars
+from tinytransformer.comparison.curves import read_scalars
 from tinytransformer.training.metrics import ValHistory
 from tinytransformer.training.recipe import train
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from tinytransformer.compare import compare, compare_main, short_label
-from tinytransformer.curves import read_scalars
+from tinytransformer.comparison.compare import compare, compare_main, short_label
+from tinytransformer.comparison.curves import read_scalars
+from tinytransformer.comparison.records import find_runs, split_overrides
 from tinytransformer.errors import UserError
-from tinytransformer.run_records import find_runs, split_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = 0.3569

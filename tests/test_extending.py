@@ -211,7 +211,7 @@ def test_importing_the_model_imports_no_lightning_and_no_hydra():
 
 def test_the_core_imports_no_benchmark():
     code = (
-        "import sys, tinytransformer.cli, tinytransformer.compare, tinytransformer.inference, "
+        "import sys, tinytransformer.cli, tinytransformer.comparison.compare, tinytransformer.inference, "
         "tinytransformer.training.recipe; print(sorted(m for m in sys.modules if 'benchmarks' in m))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -228,3 +228,17 @@ def test_a_run_dir_written_before_models_were_swappable_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["status"], metrics["steps"], metrics["final_val_step"]) == ("finished", 30, 30)
+
+
+def test_the_readme_code_map_lists_every_module():
+    readme = (ROOT / "README.md").read_text()
+    code_map = readme[readme.index("## Code map") :]
+    package = ROOT / "src" / "tinytransformer"
+    modules = [p.relative_to(package) for p in package.rglob("*.py") if p.name != "__init__.py"]
+
+    def listed(module: Path) -> bool:  # by its path, or by its name in the row of its dir (`benchmarks/`)
+        row = f"`{module.parent.as_posix()}/`"
+        return f"`{module.as_posix()}`" in code_map or (row in code_map and f"`{module.name}`" in code_map)
+
+    missing = [m.as_posix() for m in modules if not listed(m)]
+    assert not missing, f"add them to the README's code map: {missing}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import compose_train, run_cli
 
-from tinytransformer.curves import read_scalars
+from tinytransformer.comparison.curves import read_scalars
 from tinytransformer.training.recipe import train
 from tinytransformer.training.report import format_summary
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, compose_train
 
+from tinytransformer.comparison.curves import read_scalars
 from tinytransformer.config import validate
-from tinytransformer.curves import read_scalars
 from tinytransformer.data.datamodule import TextDataModule
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from tests.test_compare_runs import make_job, results, table_rows
 
-from tinytransformer.compare import compare, compare_main
-from tinytransformer.significance import (
+from tinytransformer.comparison.compare import compare, compare_main
+from tinytransformer.comparison.significance import (
     PAIRED,
     WELCH,
     against_baseline,

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
 
-from tinytransformer.compare import compare
+from tinytransformer.comparison.compare import compare
 
 QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
 # The second job checkpoints at step 20 and runs on to 100: time to kill it between the two.

@@ -12,7 +12,7 @@ from tests.conftest import TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.cli import CONFIG_DIR
-from tinytransformer.compare import compare
+from tinytransformer.comparison.compare import compare
 from tinytransformer.runs import sweep_job_name
 from tinytransformer.training.callbacks.hparams import HP_METRICS
 

@@ -8,12 +8,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinytransformer.comparison_files import run_row, runs_csv, summary
-from tinytransformer.curves import plot_curves
+from tinytransformer.comparison.curves import plot_curves
+from tinytransformer.comparison.files import run_row, runs_csv, summary
+from tinytransformer.comparison.records import RunRecord, find_runs
+from tinytransformer.comparison.significance import ALPHA, Comparison, against_baseline, comparison_cells
 from tinytransformer.errors import UserError, WriteFailed, exit_on_user_error, os_error_line
-from tinytransformer.run_records import RunRecord, find_runs
 from tinytransformer.runs import write_atomic, write_json_atomic
-from tinytransformer.significance import ALPHA, Comparison, against_baseline, comparison_cells
 
 REPORT, TABLE, SUMMARY, CURVES = "comparison.md", "comparison.csv", "comparison.json", "val_curves.png"
 STUDY = "optimization_results.yaml"  # hydra's Optuna sweeper writes it into the sweep dir when the study ends

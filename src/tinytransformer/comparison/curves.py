@@ -11,7 +11,7 @@ import numpy as np
 from tinytransformer.runs import write_atomic
 
 if TYPE_CHECKING:
-    from tinytransformer.compare import SettingGroup
+    from tinytransformer.comparison.compare import SettingGroup
 
 CURVE_TAG = "val/bpc"
 

@@ -8,10 +8,10 @@ import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from tinytransformer.significance import ALPHA, Comparison, as_json
+from tinytransformer.comparison.significance import ALPHA, Comparison, as_json
 
 if TYPE_CHECKING:
-    from tinytransformer.compare import RunRecord, SettingGroup
+    from tinytransformer.comparison.compare import RunRecord, SettingGroup
 
 # The metrics.json values compare_runs reads, in the csv's column order.
 METRIC_FIELDS = (
