@@ -15,9 +15,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_RUN, compose_train, run_cli
 
 from tinytransformer.cli import ROOT
+from tinytransformer.training.recipe import train
 
 EXTENSIONS = Path(__file__).parent / "extensions"
 ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}  # gru_lm, my_regularizers
@@ -51,16 +52,17 @@ def only_run(log_dir: Path) -> Path:
 
 @pytest.fixture(scope="module", params=list(CHOICES))
 def runs(request, tmp_path_factory) -> tuple[str, Path, Path]:
-    """(the extension, a 40-step run with it, one stopped at 20 steps and resumed to 40)."""
+    """(the extension, a 40-step run with it, one stopped at 20 steps and resumed to 40), trained in this
+    process (the README's commands, run by a test below, do it through the command line)."""
     choice = CHOICES[request.param][0]
     whole, halves = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("halves")
-    for log_dir, steps in ((whole, 40), (halves, 20)):
-        args = [*BASE, *choice, f"trainer.max_steps={steps}", f"paths.log_dir={log_dir}"]
-        done = run_cli("train.py", *args, env=ON_PATH)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resumed = run_cli("train.py", f"resume={only_run(halves)}", "trainer.max_steps=40", env=ON_PATH)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    return request.param, only_run(whole), only_run(halves)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(EXTENSIONS))  # gru_lm, my_regularizers: outside src/
+        for out, steps in ((whole, 40), (halves, 20)):
+            train(compose_train([*BASE, *choice, f"trainer.max_steps={steps}"], out), out)
+        last = halves / "checkpoints" / "last.ckpt"
+        train(compose_train([*BASE, *choice, "trainer.max_steps=40"], halves), halves, ckpt_path=str(last))
+    return request.param, whole, halves
 
 
 def test_it_trains_and_resumes_exactly(runs):
