@@ -8,11 +8,12 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_RUN, compose_train, run_cli
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.comparison.compare import compare
+from tinytransformer.hparams import flat_hparams, swept_hparams
 from tinytransformer.runs import sweep_job_name
 from tinytransformer.training.callbacks.hparams import HP_METRICS
 
@@ -82,6 +83,31 @@ def test_every_job_logs_the_same_hparam_keys_with_real_metric_values(sweep):
     assert ISSUE_KEYS - {"model.dropout", "seed"} <= set(key_sets[0])
 
 
+def experiment_of(sweep_dir: Path):
+    """The experiment summary TensorBoard's HPARAMS tab takes its columns from, at the sweep dir."""
+    events = EventAccumulator(str(sweep_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    return HParamsPluginData.FromString(content).experiment
+
+
+def test_the_sweep_dir_tells_tensorboard_the_swept_hparams_come_first_and_the_hp_metrics(sweep):
+    sweep_dir, _ = sweep
+    experiment = experiment_of(sweep_dir)
+    infos = [(info.name, info.differs) for info in experiment.hparam_infos]
+    assert infos[:2] == [("model.dropout", True), ("seed", True)]
+    assert not any(differs for _, differs in infos[2:]) and {name for name, _ in infos} >= ISSUE_KEYS
+    assert [metric.name.tag for metric in experiment.metric_infos] == list(HP_METRICS)
+
+
+def test_a_swept_config_group_varies_every_hparam_its_yamls_set(tmp_path):
+    names = list(flat_hparams(compose_train(["model=tiny"], tmp_path)))
+    regularization = ISSUE_KEYS - {"seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}
+    assert set(swept_hparams(names, {"regularization", "seed"})) == regularization | {"seed"}
+    assert set(swept_hparams(names, {"model", "optimizer.lr"})) >= {"model", "d_model", "n_layers", "lr"}
+    assert swept_hparams(names, {"data.batch_size", "trainer.max_steps"}) == ["batch_size", "max_steps"]
+
+
 def test_a_failing_job_is_recorded_with_its_reason_and_the_sweep_goes_on(sweep):
     sweep_dir, stdout = sweep
     for num in (2, 3):
@@ -126,13 +152,16 @@ def test_optuna_search_runs_its_trials_and_reports_the_lowest_best_val_loss(tmp_
     ]
     result = run_cli("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep_dir,) = list((tmp_path / "train" / "multiruns").glob("*/*"))
+    sweep_dir = tmp_path / "optuna" / "train"  # one dir per study: every worker's and every start's trials
+    assert (tmp_path / "optuna" / "train.db").is_file()  # the study, in sqlite by default
     trials = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [p.name.split(",")[0].split("=")[0] for p in trials] == ["0_model.dropout", "1_model.dropout"]
     best = [json.loads((p / "metrics.json").read_text())["best_val_loss"] for p in trials]
     searched = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert searched["best_value"] == pytest.approx(min(best))
+    assert searched["best_trial"] == best.index(min(best)) and searched["trials"] == {"complete": 2}
     assert set(searched["best_params"]) == {"model.dropout", "optimizer.weight_decay", "optimizer.lr"}
+    assert table_rows(compare(sweep_dir))[0][0] == "1"  # compare_runs ranks the study's trials
 
 
 # The sweep's order: the baseline, each technique of conf/regularization/ alone, then all together.
@@ -155,6 +184,8 @@ def test_the_regularization_experiment_compares_baseline_each_technique_and_all_
     assert set(REGULARIZATION) == {p.stem for p in (CONFIG_DIR / "regularization").glob("*.yaml")}
     table = compare(sweep_dir)
     assert {f"regularization={name}" for name in REGULARIZATION} == {row[0] for row in table_rows(table)}
+    varied = [info.name for info in experiment_of(sweep_dir).hparam_infos if info.differs]
+    assert set(varied) == ISSUE_KEYS - {"lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}
 
 
 def test_a_job_is_named_by_its_swept_keys_only_and_never_longer_than_a_file_name_allows(tmp_path):

@@ -53,6 +53,53 @@ def trained(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+# The config key each of `trained`'s hparams comes from (the others are named by theirs).
+TRAINED_FROM = {
+    "corpus": "data.corpus",
+    "tokenizer": "data.tokenizer",
+    "block_size": "data.block_size",
+    "batch_size": "data.batch_size",
+    "accumulate_grad_batches": "trainer.accumulate_grad_batches",
+    "model": "model._target_",
+    "d_model": "model.d_model",
+    "n_heads": "model.n_heads",
+    "n_layers": "model.n_layers",
+    "optimizer": "optimizer._target_",
+    "lr": "optimizer.lr",
+    "scheduler": "scheduler._target_",
+    "max_steps": "trainer.max_steps",
+    "precision": "trainer.precision",
+}
+
+
+def swept_hparams(names: list[str], swept_keys: set[str]) -> list[str]:
+    """The hparams of `names` that a sweep over `swept_keys` varies: those set by a swept key, or by a YAML
+    of a swept config group (`regularization=none,dropout` varies every key conf/regularization/ sets)."""
+    keys = {key.lstrip("+~") for key in swept_keys}
+    for group in [key for key in keys if "." not in key]:
+        for directory in config_dirs(group):
+            keys |= set(group_settings(directory, group))
+    return [
+        name
+        for name in names
+        if any(
+            (source := TRAINED_FROM.get(name, name)) == key or source.startswith(f"{key}.") for key in keys
+        )
+    ]
+
+
+def group_settings(directory: Path, group: str) -> dict[str, Any]:
+    """Each dotted key (of the whole config) that a YAML in a config group's `directory` sets."""
+    settings: dict[str, Any] = {}
+    for file in sorted(directory.glob("*.yaml")):
+        text = file.read_text()
+        entries = yaml.safe_load(text) or {}
+        entries.pop("defaults", None)
+        prefix = "" if "@package _global_" in text.partition("\n")[0] else f"{group}."
+        settings.update(_leaves(entries, prefix))
+    return settings
+
+
 def regularization_settings(group_dirs: list[Path]) -> tuple[dict[str, Any], dict[str, dict]]:
     """(Each dotted key the YAMLs in `group_dirs` set, with its value there; the specs of the regularizers
     that need code, by name), from every YAML in those dirs."""
@@ -120,6 +167,26 @@ def _hparam(value: Any) -> Any:
     return value if isinstance(value, bool | int | float | str) else str(value)
 
 
+def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """In a sweep job: {"dir": the sweep dir, "varied": the hparams the sweep varies}; else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from tinytransformer.runs import swept_keys
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
+    varied = swept_hparams(list(flat_hparams(cfg)), swept_keys(hydra.sweep.dir, params))
+    return {"dir": hydra.sweep.dir, "varied": varied}
+
+
 def register_resolver() -> None:
-    """`${run_hparams:}`, the run's flat_hparams, as conf/callbacks/hparams.yaml gives them to its callback."""
+    """conf/callbacks/hparams.yaml's `${run_hparams:}` (the run's flat_hparams) and `${run_sweep:}`
+    (sweep_of_run), and conf/logger/'s `${run_name:}` (the run dir's name)."""
     OmegaConf.register_new_resolver("run_hparams", lambda *, _root_: flat_hparams(_root_), replace=True)
+    OmegaConf.register_new_resolver("run_sweep", lambda *, _root_: sweep_of_run(_root_), replace=True)
+    OmegaConf.register_new_resolver(
+        "run_name", lambda *, _root_: Path(_root_.paths.output_dir).name, replace=True
+    )

@@ -146,7 +146,12 @@ def _syntax_fix(override: str) -> str:
 
 
 def _first_value(override) -> str:
-    first = next(iter(override.sweep_string_iterator()))
+    """`key=<one value of the sweep>`, to check the config with: an interval (a search space, which cannot
+    be enumerated) by its lower end."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    sweep = override.value()
+    first = sweep.start if isinstance(sweep, IntervalSweep) else next(iter(override.sweep_string_iterator()))
     return f"{override.get_key_element()}={first}"
 
 

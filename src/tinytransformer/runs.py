@@ -66,21 +66,26 @@ def sweep_job_name(
 ) -> str:
     """A sweep job's name: its values of the swept keys, e.g. `model.dropout=0.1,seed=2`.
 
-    Swept keys are those of hydra.sweeper.params, and those given several values on the command line (as
-    the sweep's multirun.yaml records them; not every sweeper writes one). Without any, the name is
-    `all_overrides` (Hydra's override_dirname). Cut to `max_chars`: file names have a length limit, and
-    the job number in front keeps names unique. A `/` (a swept path) becomes `_`.
+    Swept keys: `swept_keys`. Without any, the name is `all_overrides` (Hydra's override_dirname). Cut to
+    `max_chars`: file names have a length limit, and the job number in front keeps names unique. A `/` (a
+    swept path) becomes `_`.
     """
+    swept = swept_keys(sweep_dir, sweeper_params)
+    named = sorted(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
+    name = ",".join(named) if named else all_overrides
+    return name.replace("/", "_")[:max_chars]  # a swept path must not make a dir of its own
+
+
+def swept_keys(sweep_dir: str, sweeper_params: dict[str, Any]) -> set[str]:
+    """The keys a sweep varies: those of hydra.sweeper.params and those given several values on the command
+    line (as the sweep's multirun.yaml records them; not every sweeper writes one)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     multirun = Path(sweep_dir) / "multirun.yaml"
     recorded = yaml.safe_load(multirun.read_text()) if multirun.is_file() else None
     command_line = ((recorded or {}).get("hydra") or {}).get("overrides", {}).get("task", [])
     parsed = OverridesParser.create().parse_overrides(list(command_line))
-    swept = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
-    named = sorted(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
-    name = ",".join(named) if named else all_overrides
-    return name.replace("/", "_")[:max_chars]  # a swept path must not make a dir of its own
+    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
 
 
 def check_resumable(path: str, multirun: bool) -> Path:
@@ -138,7 +143,7 @@ def checkpoint_to_continue(output_dir: Path) -> Path | None:
 
 
 # What a run writes beside .hydra/, its log and its lock.
-RESULTS = ("checkpoints", "tensorboard", METRICS, FAILED_FILE)
+RESULTS = ("checkpoints", "tensorboard", "csv", "wandb", METRICS, FAILED_FILE)
 
 
 def start_over(run_dir: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tinytransformer import hparams
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
+from tinytransformer.errors import UserError
 from tinytransformer.model import DEFAULT_MODEL
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
@@ -133,6 +135,25 @@ def check_components(cfg: DictConfig) -> None:
     optimizer_class(to_plain(cfg.optimizer))
     scheduler_class(to_plain(cfg.scheduler))
     build_regularizers(to_plain(cfg.regularizers) if cfg.get("regularizers") else {}, model=None)
+    check_loggers(cfg)
+
+
+# The packages a logger class needs beyond ours, and the extra (pyproject.toml) that installs them.
+LOGGER_EXTRAS = {
+    "MLFlowLogger": ("mlflow", ["mlflow", "sqlalchemy", "alembic"]),
+    "WandbLogger": ("wandb", ["wandb"]),
+}
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """A UserError for a chosen logger whose optional packages are not installed."""
+    import importlib.util
+
+    for name, spec in (cfg.get("logger") or {}).items():
+        target = str((spec or {}).get("_target_", ""))
+        extra, packages = LOGGER_EXTRAS.get(target.rpartition(".")[2], ("", []))
+        if any(importlib.util.find_spec(package) is None for package in packages):
+            raise UserError(f"logger={name} needs the {extra} extra: pip install -e '.[{extra}]'")
 
 
 def _fused_supported(accelerator: str) -> bool:
@@ -153,6 +174,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
+    check_loggers(cfg)  # a sweep's jobs too (preflight checks a single run)
+    _finish_wandb_run()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     # Lightning adds a checkpoint callback and a progress bar of its own unless told not to: a run without
     # ours (`~callbacks.last_checkpoint`, callbacks=none) gets none.
@@ -163,6 +186,14 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     launch = launch_settings(kwargs)
     launch["plugins"] = [*launch.get("plugins", []), AtomicCheckpointIO()]
     return L.Trainer(default_root_dir=str(output_dir), callbacks=callbacks, logger=loggers or False, **launch)
+
+
+def _finish_wandb_run() -> None:
+    """End the W&B run an earlier sweep job of this process left open (Lightning's WandbLogger never does),
+    so that this job gets a run of its own, not that one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, best: str) -> dict[str, float]:

@@ -1,0 +1,63 @@
+"""hydra.sweeper.params in Hydra's sweep syntax (`interval(0, 0.3)`, `tag(log, interval(1e-4, 1e-2))`,
+`choice(a, b)`, `range(1, 8)`) as Optuna distributions; a plain value is passed to every trial as it is."""
+
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+
+from tinytransformer.errors import UserError
+
+
+def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """({key: distribution} for the swept keys, the plain `key=value` overrides every trial gets)."""
+    space, fixed = {}, []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            space[override.get_key_element()] = distribution(override)
+        else:
+            fixed.append(f"{override.get_key_element()}={override.get_value_element_as_str()}")
+    return space, fixed
+
+
+def distribution(override: Override):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    value = override.value()
+    if override.is_choice_sweep():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_interval_sweep():
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log)
+        return FloatDistribution(float(value.start), float(value.end), log=log)
+    if override.is_range_sweep() and all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+        return IntDistribution(value.start, value.stop - value.step, step=value.step)  # stop excluded
+    raise UserError(
+        f"hydra.sweeper.params.{override.get_key_element()}={override.get_value_element_as_str()}: not a search "
+        "space Optuna can sample; use interval(low, high), tag(log, interval(low, high)), choice(...) or an "
+        "integer range(start, stop, step)"
+    )
+
+
+def suggest(trial, name: str, distribution) -> Any:
+    """Trial's value for `name`, drawn from `distribution` by the study's sampler."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    d = distribution
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+
+
+def check_same_space(study, space: dict[str, Any]) -> None:
+    """A study continues only the search it was made for: a new search space needs a new study name."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.distributions and trial.distributions != space:
+            differ = sorted(set(trial.distributions.items()) ^ set(space.items()), key=str)[0][0]
+            raise UserError(
+                f"hydra.sweeper.study_name={study.study_name}: that study searched another space ({differ} "
+                f"differs in trial {trial.number}); give this search a new study name, or the same params"
+            )
