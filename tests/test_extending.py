@@ -244,3 +244,13 @@ def test_the_readme_code_map_lists_every_module():
 
     missing = [m.as_posix() for m in modules if not listed(m)]
     assert not missing, f"add them to the README's code map: {missing}"
+
+
+def test_a_callback_from_outside_src_joins_the_default_set_by_yaml(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXTENSIONS))  # my_callbacks
+    overrides = [*BASE, "model=tiny", "callbacks=[default,val_loss_file]", "trainer.max_steps=40"]
+    train(compose_train(overrides, tmp_path), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "val_loss.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # the default set ran beside it
+    assert [r["step"] for r in records] == [20, 40]
+    assert records[-1]["val_loss"] == pytest.approx(metrics["final_val_loss"])
