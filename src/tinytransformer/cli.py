@@ -13,13 +13,10 @@ import threading
 from pathlib import Path
 
 from tinytransformer import runs
-from tinytransformer.config import register_schemas
+from tinytransformer.config import CONFIG_DIR, ROOT, register_schemas
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
 from tinytransformer.overrides import compose_config, override_value, parse_args
 from tinytransformer.training import launch
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "conf"
 
 
 def register_resolvers() -> None:
@@ -28,9 +25,11 @@ def register_resolvers() -> None:
 
     def sweep_job_name(*, _root_) -> str:
         hydra = _root_.hydra
-        params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
         return runs.sweep_job_name(
-            hydra.sweep.dir, list(hydra.overrides.task), params, hydra.job.override_dirname
+            hydra.sweep.dir,
+            list(hydra.overrides.task),
+            runs.sweeper_params(hydra),
+            hydra.job.override_dirname,
         )
 
     OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,6 +20,9 @@ from tinytransformer.checks import check_fields, check_value
 from tinytransformer.errors import UserError
 from tinytransformer.schema import DataConfig, RunConfig, TrainerConfig
 from tinytransformer.specs import check_arguments, current_target
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/, scripts/
+CONFIG_DIR = ROOT / "conf"
 
 Rule = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]
 

@@ -16,9 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from tinytransformer.config import to_plain
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+from tinytransformer.config import CONFIG_DIR, to_plain
 
 
 def flat_hparams(cfg: DictConfig, group_dirs: list[Path] | None = None) -> dict[str, Any]:
@@ -172,13 +170,12 @@ def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from tinytransformer.runs import swept_keys
+    from tinytransformer.runs import sweeper_params, swept_keys
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hydra = HydraConfig.get()
-    params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
-    varied = swept_hparams(list(flat_hparams(cfg)), swept_keys(hydra.sweep.dir, params))
+    varied = swept_hparams(list(flat_hparams(cfg)), swept_keys(hydra.sweep.dir, sweeper_params(hydra)))
     return {"dir": hydra.sweep.dir, "varied": varied}
 
 

@@ -76,6 +76,13 @@ def sweep_job_name(
     return name.replace("/", "_")[:max_chars]  # a swept path must not make a dir of its own
 
 
+def sweeper_params(hydra) -> dict[str, Any]:
+    """The search space of a sweep's Hydra config node `hydra` (hydra.sweeper.params), as plain data."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
+
+
 def swept_keys(sweep_dir: str, sweeper_params: dict[str, Any]) -> set[str]:
     """The keys a sweep varies: those of hydra.sweeper.params and those given several values on the command
     line (as the sweep's multirun.yaml records them; not every sweeper writes one)."""

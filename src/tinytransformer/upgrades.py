@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from tinytransformer.config import CONFIG_DIR
 from tinytransformer.specs import current_target
 
 # 2: every callback is in conf/callbacks/, and one val history decides the best checkpoint and early
@@ -14,7 +13,7 @@ from tinytransformer.specs import current_target
 # progress bar, process setup) were built in code, and Lightning's ModelCheckpoint and EarlyStopping each
 # tracked the best val loss of their own.
 CONFIG_VERSION = 2
-CALLBACKS_DIR = Path(__file__).resolve().parents[2] / "conf" / "callbacks"
+CALLBACKS_DIR = CONFIG_DIR / "callbacks"
 
 
 def upgrade(cfg: DictConfig) -> None:
