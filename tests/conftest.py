@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from tests.forkserver import ForkedProcess, ForkServer
 
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.overrides import compose_config
@@ -45,22 +47,31 @@ def compose_train(overrides: list[str], output_dir: Path):
     return cfg
 
 
+_fork_server: ForkServer | None = None
+
+
+def fork_server() -> ForkServer | None:
+    """The session's fork server (tests/forkserver.py), or None with TT_TEST_FORKSERVER=0."""
+    global _fork_server
+    if _fork_server is None and os.environ.get("TT_TEST_FORKSERVER", "1") != "0":
+        _fork_server = ForkServer()
+        atexit.register(_fork_server.stop)
+    return _fork_server
+
+
 def start_cli(
     script: str, *args: str, output=subprocess.DEVNULL, env: dict | None = None, stderr=None
-) -> subprocess.Popen:
+) -> subprocess.Popen | ForkedProcess:
     """Start scripts/<script> as a user would, in the background, with 1 torch thread so it never fights
-    the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate())."""
+    the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate()).
+    The process is forked from the fork server, which has torch and Lightning imported already."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     if stderr is None:
         stderr = subprocess.STDOUT if output == subprocess.PIPE else output
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        stdout=output,
-        stderr=stderr,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-    )
+    command = [sys.executable, str(ROOT / "scripts" / script), *args]
+    if (server := fork_server()) is not None:
+        return ForkedProcess(server, command, stdout=output, stderr=stderr, env=full_env, cwd=ROOT)
+    return subprocess.Popen(command, stdout=output, stderr=stderr, text=True, env=full_env, cwd=ROOT)
 
 
 def run_cli(
