@@ -160,11 +160,11 @@ def test_the_readmes_commands_run_and_the_sweep_compares_every_extension(tmp_pat
         runs = sorted(tmp_path.glob("train/runs/*/*"))
         run_dir = runs[-1] if runs else None
         sweep_dir = next(tmp_path.glob("train/multiruns/*/*"), None)
-    every = hparams(next(sweep_dir.glob("*_model=gru,optimizer=sgd,regularization=confidence_penalty")))
+    every = hparams(next(sweep_dir.glob("*_gru,sgd,confidence_penalty")))
     assert (every["model"], every["d_model"], every["optimizer"]) == ("GRULanguageModel", 64, "SGD")
     assert every["scheduler"] == "WarmupCosine"
     assert every["regularizers.confidence_penalty.beta"] == pytest.approx(0.1)
-    none = hparams(next(sweep_dir.glob("*_model=default,optimizer=adamw,regularization=none")))
+    none = hparams(next(sweep_dir.glob("*_default,adamw,none")))
     assert (
         none.keys() == every.keys() and none["regularizers.confidence_penalty.beta"] == 0
     )  # the same columns

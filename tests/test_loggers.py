@@ -26,7 +26,7 @@ QUICK = [
     "callbacks.sample_generation.every_n_steps=0",
     "test=false",
 ]
-JOBS = ("0_model.dropout=0", "1_model.dropout=0.1")
+JOBS = ("0_dropout=0", "1_dropout=0.1")
 
 
 @pytest.fixture(scope="module")

@@ -76,17 +76,21 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     args = sweep_args(tmp_path, sweep_dir, *QUICK, *steps, "model.dropout=0,-0.5")  # -0.5: out of range
     first = run_cli("train.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
-    failed_dir = sweep_dir / "1_model.dropout=-0.5"
+    failed_dir = sweep_dir / "1_dropout=-0.5"
     failed = failed_dir / "failed.json"
     assert "job 1 failed: model.dropout=-0.5" in first.stdout and failed.is_file()
     # What an earlier attempt may leave beside it (killed before its first last.ckpt): cleared first.
     (failed_dir / "checkpoints").mkdir()
     (failed_dir / "checkpoints" / "best-step=5.ckpt").write_bytes(b"stale")
     os.utime(failed, ns=(0, 0))
+    # Job 0 as a sweep begun before the short job names named it: it keeps its dir.
+    old_name = sweep_dir / "0_model.dropout=0"
+    (sweep_dir / "0_dropout=0").rename(old_name)
 
     again = run_cli("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"job 0: done before ({sweep_dir / '0_model.dropout=0'}), skipped" in again.stdout
+    assert f"job 0: done before ({old_name}), skipped" in again.stdout
+    assert not (sweep_dir / "0_dropout=0").exists()
     assert (
         f"job 1: starting {failed_dir} over (no last.ckpt): removed checkpoints, failed.json" in again.stdout
     )
@@ -98,6 +102,6 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     submitit = ["hydra/launcher=resumable_submitit_local", "hydra.launcher.skip_failed=true"]
     skipped = run_cli("train.py", *args, *submitit)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
-    assert f"job 0: done before ({sweep_dir / '0_model.dropout=0'}), skipped" in skipped.stdout
+    assert f"job 0: done before ({old_name}), skipped" in skipped.stdout
     assert f"job 1: failed before ({failed_dir}), skipped" in skipped.stdout
     assert failed.stat().st_mtime_ns == 0

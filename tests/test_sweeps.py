@@ -19,12 +19,12 @@ from tinytransformer.training.callbacks.hparams import HP_METRICS
 
 # Job number -> its dir name. model.dropout=-0.5 is out of range: jobs 2 and 3 fail, 4 and 5 still run.
 JOBS = {
-    0: "model.dropout=0,seed=1",
-    1: "model.dropout=0,seed=2",
-    2: "model.dropout=-0.5,seed=1",
-    3: "model.dropout=-0.5,seed=2",
-    4: "model.dropout=0.2,seed=1",
-    5: "model.dropout=0.2,seed=2",
+    0: "dropout=0,seed=1",
+    1: "dropout=0,seed=2",
+    2: "dropout=-0.5,seed=1",
+    3: "dropout=-0.5,seed=2",
+    4: "dropout=0.2,seed=1",
+    5: "dropout=0.2,seed=2",
 }
 FINISHED = (0, 1, 4, 5)
 # Every key a conf/regularization/ YAML sets, named by its override key, and what was trained.
@@ -155,7 +155,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_lowest_best_val_loss(tmp_
     sweep_dir = tmp_path / "optuna" / "train"  # one dir per study: every worker's and every start's trials
     assert (tmp_path / "optuna" / "train.db").is_file()  # the study, in sqlite by default
     trials = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
-    assert [p.name.split(",")[0].split("=")[0] for p in trials] == ["0_model.dropout", "1_model.dropout"]
+    assert [p.name.split(",")[0].split("=")[0] for p in trials] == ["0_dropout", "1_dropout"]
     best = [json.loads((p / "metrics.json").read_text())["best_val_loss"] for p in trials]
     searched = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert searched["best_value"] == pytest.approx(min(best))
@@ -180,7 +180,7 @@ def test_the_regularization_experiment_compares_baseline_each_technique_and_all_
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "train" / "multiruns").glob("*/*"))
     names = sorted((p.name for p in sweep_dir.iterdir() if p.is_dir()), key=lambda n: int(n.split("_")[0]))
-    assert names == [f"{i}_regularization={name},seed=1" for i, name in enumerate(REGULARIZATION)]
+    assert names == [f"{i}_{name},seed=1" for i, name in enumerate(REGULARIZATION)]  # a group: its option
     assert set(REGULARIZATION) == {p.stem for p in (CONFIG_DIR / "regularization").glob("*.yaml")}
     table = compare(sweep_dir)
     assert {f"regularization={name}" for name in REGULARIZATION} == {row[0] for row in table_rows(table)}
@@ -193,5 +193,27 @@ def test_a_job_is_named_by_its_swept_keys_only_and_never_longer_than_a_file_name
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(recorded))
     job = ["model=tiny", "model.dropout=0.1", "seed=2", "optimizer.lr=0.001"]
     params = {"optimizer.lr": "interval(0.0001, 0.01)"}  # hydra.sweeper.params (e.g. Optuna's)
-    assert sweep_job_name(str(tmp_path), job, params, "all") == "optimizer.lr=0.001,seed=2"
+    assert sweep_job_name(str(tmp_path), job, params, "all") == "lr=0.001,seed=2"
     assert sweep_job_name(str(tmp_path / "no_multirun_yaml"), ["model=tiny"], {}, "x" * 300) == "x" * 200
+
+
+def test_a_job_name_is_short_a_group_by_its_option_a_key_by_its_last_part_unless_two_share_it(tmp_path):
+    recorded = {"hydra": {"overrides": {"task": ["regularization=none,dropout", "seed=1,2"]}}}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(recorded))
+    groups = frozenset({"regularization"})
+    job = ["regularization=dropout", "seed=2", "model=tiny"]
+    assert sweep_job_name(str(tmp_path), job, {}, "all", groups=groups) == "dropout,seed=2"
+    shared = {"model.dropout": "interval(0, 0.5)", "data.augment.dropout": "interval(0, 0.5)"}
+    job = ["model.dropout=0.1", "data.augment.dropout=0.2", "seed=2"]
+    assert (
+        sweep_job_name(str(tmp_path), job, shared, "all")
+        == "data.augment.dropout=0.2,model.dropout=0.1,seed=2"
+    )
+    # A sweep begun when jobs had the full name keeps its job dirs, so it resumes in them.
+    (tmp_path / "3_regularization=dropout,seed=2").mkdir()
+    job = ["regularization=dropout", "seed=2"]
+    assert (
+        sweep_job_name(str(tmp_path), job, {}, "all", groups=groups, job_num=3)
+        == "regularization=dropout,seed=2"
+    )
+    assert sweep_job_name(str(tmp_path), job, {}, "all", groups=groups, job_num=4) == "dropout,seed=2"

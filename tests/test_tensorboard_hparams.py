@@ -15,7 +15,7 @@ from tests.test_loggers import QUICK
 
 from tinytransformer.training.callbacks.hparams import HP_METRICS
 
-JOBS = ("0_model.dropout=0", "1_model.dropout=0.1")
+JOBS = ("0_dropout=0", "1_dropout=0.1")
 # What the page asks for (tf-hparams-main's getExperiment); it lists the hparams as the answer orders them,
 # moves those that differ first and shows the first five, and shows the first five metrics.
 EXPERIMENT_REQUEST = {"experimentName": "", "hparamsLimit": 1000}
@@ -100,6 +100,7 @@ def test_each_session_is_a_job_of_the_sweep_with_its_values_and_measured_hp_metr
     groups = post(server, "session_groups", SESSION_GROUPS_REQUEST)["sessionGroups"]
     by_job = {group["name"].removesuffix("/tensorboard"): group for group in groups}
     assert sorted(by_job) == list(JOBS)
+    assert max(len(job) for job in by_job) <= 18  # the table's Trial ID column shows ~18 characters (10em)
     for job, group in by_job.items():
         assert group["hparams"]["model.dropout"] == (0.1 if job.endswith("0.1") else 0)
         values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}

@@ -25,11 +25,18 @@ def register_resolvers() -> None:
 
     def sweep_job_name(*, _root_) -> str:
         hydra = _root_.hydra
+        sources = [CONFIG_DIR] + [
+            Path(s.path) for s in hydra.runtime.get("config_sources", []) if s.schema == "file"
+        ]
+        overrides = list(hydra.overrides.task)
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
         return runs.sweep_job_name(
             hydra.sweep.dir,
-            list(hydra.overrides.task),
+            overrides,
             runs.sweeper_params(hydra),
             hydra.job.override_dirname,
+            groups=frozenset(k for k in keys if any((source / k).is_dir() for source in sources)),
+            job_num=hydra.job.get("num"),
         )
 
     OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)

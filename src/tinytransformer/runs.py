@@ -63,17 +63,44 @@ def sweep_job_name(
     sweeper_params: dict[str, Any],
     all_overrides: str,
     max_chars: int = 200,
+    groups: frozenset[str] = frozenset(),
+    job_num: int | None = None,
 ) -> str:
-    """A sweep job's name: its values of the swept keys, e.g. `model.dropout=0.1,seed=2`.
+    """A sweep job's name: its values of the swept keys, short enough to read where TensorBoard cuts names
+    (its HPARAMS table shows about 18 characters): `dropout,seed=2` for `regularization=dropout seed=2`,
+    `dropout=0.1,seed=2` for `model.dropout=0.1 seed=2`.
 
-    Swept keys: `swept_keys`. Without any, the name is `all_overrides` (Hydra's override_dirname). Cut to
-    `max_chars`: file names have a length limit, and the job number in front keeps names unique. A `/` (a
-    swept path) becomes `_`.
+    - A swept config group (one of `groups`) gives its option alone; a dotted key gives its last part,
+      unless two swept keys share that part.
+    - Swept keys: `swept_keys`. Without any, the name is `all_overrides` (Hydra's override_dirname).
+    - A `/` (a swept path) becomes `_`; cut to `max_chars` (file names have a length limit; the job number
+      in front keeps names unique).
+    - A sweep begun before these short names (job `job_num` has a dir under the full `key=value` name)
+      keeps its dirs, so it still resumes.
     """
     swept = swept_keys(sweep_dir, sweeper_params)
-    named = sorted(o for o in job_overrides if o.split("=", 1)[0].lstrip("+~") in swept)
-    name = ",".join(named) if named else all_overrides
-    return name.replace("/", "_")[:max_chars]  # a swept path must not make a dir of its own
+    named = sorted(o for o in job_overrides if _key(o) in swept)
+    if not named:
+        return all_overrides.replace("/", "_")[:max_chars]
+    last_parts = [key.rsplit(".", 1)[-1] for key in swept]
+
+    def short(override: str) -> str:
+        key, value = override.split("=", 1)
+        bare = key.lstrip("+~")
+        if bare in groups:
+            return value
+        last = bare.rsplit(".", 1)[-1]
+        return f"{last if last_parts.count(last) == 1 else bare}={value}"
+
+    name = ",".join(short(o) for o in named).replace("/", "_")[:max_chars]
+    full = ",".join(named).replace("/", "_")[:max_chars]
+    if job_num is not None and (Path(sweep_dir) / f"{job_num}_{full}").is_dir():
+        return full
+    return name
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def sweeper_params(hydra) -> dict[str, Any]:
