@@ -8,6 +8,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli
 
+from tinytransformer.config import ROOT
+from tinytransformer.training.flops import cached_cpu_peak, flops_per_token
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -42,6 +45,28 @@ def test_run_dir_has_config_checkpoints_tensorboard_log_and_metrics(trained_run)
         "entropy_floor_bpc",
     }
     assert expected <= metrics.keys()
+
+
+def test_every_run_logs_tokens_per_s_and_mfu_at_log_steps_and_puts_the_runs_in_metrics_json(trained_run):
+    run_dir, stdout = trained_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    speeds = {e.step: e.value for e in events.Scalars("train/tokens_per_s")}
+    mfus = {e.step: e.value for e in events.Scalars("train/mfu")}
+    assert sorted(speeds) == sorted(mfus) == [10, 20, 30, 40]  # every log step (log_every_n_steps=10)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    hp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert m["flops_per_token"] == flops_per_token(hp["model"], hp["data"]["block_size"])
+    assert (
+        m["peak_flops"] == cached_cpu_peak(ROOT / "data" / "cache", "fp32") and "measured" in m["peak_source"]
+    )
+    for step, speed in speeds.items():
+        assert speed > 0 and mfus[step] == pytest.approx(
+            speed * m["flops_per_token"] / m["peak_flops"], rel=1e-5
+        )
+    assert 0 < m["mfu"] < 1
+    assert m["mfu"] == pytest.approx(m["tokens_per_s"] * m["flops_per_token"] / m["peak_flops"], abs=1e-5)
+    assert f"tokens/s, MFU {100 * m['mfu']:.2f} %" in stdout
 
 
 def test_summary_names_run_dir_losses_floor_checkpoint_and_tensorboard(trained_run):

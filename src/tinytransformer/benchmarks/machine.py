@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import time
@@ -11,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from tinytransformer.training.flops import gpu_peak, measure_cpu_peak
+
 QUIET_LIMIT = 0.1  # CPU-s per s used by other processes above which timings are not trusted
-GPU_PEAK_BF16 = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 SXM": 989e12}  # dense, datasheet
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,18 +70,9 @@ def describe_machine() -> str:
 
 
 def matmul_peak(size: int, trials: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of square (size x size) matmuls in `dtype` on this CPU with torch's threads."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    out = torch.empty(size, size, dtype=dtype)
-    torch.mm(a, b, out=out)  # warm-up
-    repeats = max(1, int(2e9 // (2 * size**3)))
-    best = math.inf
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            torch.mm(a, b, out=out)
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * size**3 / best
+    """Best FLOP/s of square (size x size) matmuls in `dtype` on this CPU with torch's threads (not cached:
+    a benchmark measures its own, before and after its rounds)."""
+    return measure_cpu_peak(dtype, size, trials)
 
 
 def peak_flops(device: torch.device, matmul_size: int, bf16: bool = False) -> tuple[float | None, str]:
@@ -95,7 +86,7 @@ def peak_flops(device: torch.device, matmul_size: int, bf16: bool = False) -> tu
             f"{'bf16' if bf16 else 'fp32'} matmul {matmul_size}^3, best measured before/after the rounds",
         )
     name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    peak = gpu_peak(name, "bf16")
     return peak, "dense bf16, datasheet" if peak else f"unknown for {name}"
 
 

@@ -10,6 +10,7 @@ from tinytransformer.training.callbacks.progress import StepProgressBar
 from tinytransformer.training.callbacks.resume import LastCheckpoint
 from tinytransformer.training.callbacks.sampling import SampleGeneration
 from tinytransformer.training.callbacks.summary import RunSummary
+from tinytransformer.training.callbacks.throughput import Throughput
 
 __all__ = [
     "BestCheckpoint",
@@ -22,4 +23,5 @@ __all__ = [
     "RunSummary",
     "SampleGeneration",
     "StepProgressBar",
+    "Throughput",
 ]

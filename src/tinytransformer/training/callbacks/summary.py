@@ -15,12 +15,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
 from tinytransformer.training.callbacks.processes import job_start_time
 from tinytransformer.training.callbacks.resume import RunInterrupted
+from tinytransformer.training.callbacks.throughput import Throughput
 
 LN2 = math.log(2)
 
 
 class RunSummary(L.Callback):
     """Tracks best and final metrics; writes `metrics.json` after every validation and at the end.
+
+    The run's speed: wall_s and tokens_per_s of its fit (validation included), and with a Throughput
+    callback, its MFU, FLOPs per token and the peak it was measured against.
 
     Its state is saved in checkpoints, so a resumed run's summary is that of an uninterrupted run.
 
@@ -83,7 +87,10 @@ class RunSummary(L.Callback):
         if self._fit_start is not None:
             wall = time.perf_counter() - self._fit_start
             tokens = (trainer.global_step - self._start_step) * trainer.datamodule.tokens_per_step(trainer)
-            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
+            tokens_per_s = tokens / max(wall, 1e-9)
+            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens_per_s, 1))
+            for meter in (c for c in trainer.callbacks if isinstance(c, Throughput)):
+                self.state.update(meter.summary(tokens_per_s, trainer))
         self.write(trainer)
 
     def on_exception(

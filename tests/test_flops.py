@@ -1,0 +1,98 @@
+"""MFU's two halves: training FLOPs per token, counted for any model, and the peak it is divided by."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tinytransformer.benchmarks.training import flops_per_token as formula
+from tinytransformer.model import TinyTransformer
+from tinytransformer.training import flops
+from tinytransformer.training.flops import (
+    PEAK_FILE,
+    cached_cpu_peak,
+    counted_flops_per_token,
+    cpu_key,
+    flops_per_token,
+    gpu_peak,
+    matmul_precision,
+)
+
+
+class OneLayerLM(nn.Module):
+    """Embedding then one linear head: 2dV FLOPs per token forward, 4dV backward (inputs and weights)."""
+
+    def __init__(self, vocab_size: int, block_size: int, d_model: int = 16):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocab_size, d_model), nn.Linear(d_model, vocab_size, bias=False)
+
+    def forward(self, idx):
+        return self.head(self.embed(idx))
+
+
+def test_a_models_flops_are_counted_six_per_weight_for_a_linear_head():
+    spec = {"_target_": f"{__name__}.OneLayerLM", "vocab_size": 50, "d_model": 16}
+    assert flops_per_token(spec, block_size=8) == 6 * 16 * 50
+
+
+def test_the_count_for_tinytransformer_agrees_with_nanogpts_formula_to_within_half_a_percent():
+    spec = {"_target_": "tinytransformer.model.TinyTransformer", "vocab_size": 65}
+    spec |= {"d_model": 128, "n_heads": 4, "n_layers": 4, "bias": False}
+    counted = flops_per_token(spec, block_size=64)
+    model = TinyTransformer(65, d_model=128, n_heads=4, n_layers=4, block_size=64, bias=False)
+    assert counted == pytest.approx(formula(model), rel=0.005)
+
+
+class HostReadingLM(OneLayerLM):
+    def forward(self, idx):
+        if idx.max().item() < 0:  # a host read: no value on the meta device
+            raise AssertionError
+        return super().forward(idx)
+
+
+def test_a_model_that_cannot_run_on_meta_has_no_count_and_says_why():
+    spec = {"_target_": f"{__name__}.HostReadingLM", "vocab_size": 50}
+    count, why = counted_flops_per_token(spec, block_size=8)
+    assert count is None and "meta" in why.lower() and why.split(":")[0].isidentifier()
+    assert counted_flops_per_token({**spec, "_target_": f"{__name__}.OneLayerLM"}, 8) == (6 * 16 * 50, "")
+
+
+def test_counting_builds_the_model_on_the_meta_device_and_draws_no_random_numbers():
+    spec = {"_target_": "tinytransformer.model.TinyTransformer", "vocab_size": 65, "dropout": 0.5}
+    state = torch.get_rng_state()
+    flops_per_token(spec, block_size=16)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_gpu_peaks_are_the_datasheets_for_the_runs_precision():
+    assert gpu_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert gpu_peak("NVIDIA H100 PCIe", "bf16") == 756e12  # the longer name first
+    assert gpu_peak("NVIDIA A100-SXM4-80GB", "tf32") == 156e12
+    assert gpu_peak("Some Future GPU", "bf16") is None
+    assert matmul_precision("bf16-mixed") == matmul_precision("16-mixed") == "bf16"
+    assert matmul_precision("32-true") == "fp32"
+
+
+def test_a_cpu_peak_is_measured_once_per_machine_and_precision_then_read_from_the_cache(
+    tmp_path, monkeypatch
+):
+    measured = []
+    monkeypatch.setattr(
+        flops, "measure_cpu_peak", lambda dtype: measured.append(dtype) or 1e11 * len(measured)
+    )
+    assert cached_cpu_peak(tmp_path, "fp32") == 1e11
+    assert cached_cpu_peak(tmp_path, "fp32") == 1e11  # cached
+    assert cached_cpu_peak(tmp_path, "bf16") == 2e11  # another dtype: measured
+    assert measured == [torch.float32, torch.bfloat16]
+    cached = json.loads((tmp_path / PEAK_FILE).read_text())
+    assert cached == {cpu_key("fp32"): 1e11, cpu_key("bf16"): 2e11}
+    assert f"{torch.get_num_threads()} threads" in cpu_key("fp32")  # a peak holds for its thread count
+    (tmp_path / PEAK_FILE).write_text("{not json")  # damaged: measured again, and the cache rewritten
+    assert cached_cpu_peak(tmp_path, "fp32") == 3e11
+    assert json.loads((tmp_path / PEAK_FILE).read_text()) == {cpu_key("fp32"): 3e11}
+
+
+def test_the_measured_cpu_peak_is_a_plausible_figure():
+    peak = flops.measure_cpu_peak(torch.float32, size=256, trials=2)
+    assert 1e8 < peak < 1e14
