@@ -4,6 +4,7 @@ import statistics
 import pytest
 
 from tinytransformer.benchmarks.data import write_big_text
+from tinytransformer.benchmarks.dropout import format_dropout_report, run_dropout_benchmark
 from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
 from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
 from tinytransformer.benchmarks.report import format_report
@@ -100,6 +101,25 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     assert trainer.params == plain.params
     # Same initial weights, batches, optimizer, schedule and clipping: the same loss after 7 steps.
     assert trainer.last_loss == pytest.approx(plain.last_loss, rel=1e-5)
+
+
+def test_dropout_benchmark_interleaves_four_paths_and_ends_with_its_machine_readable_line():
+    overrides = ["model=tiny", "data.num_chars=20000", "data.block_size=32", "data.batch_size=8"]
+    result = run_dropout_benchmark([*overrides, "data.max_eval_chars=2000"], rounds=2, steps=3, warmup=1)
+    paths = [("fp32", 0.0), ("fp32", 0.2), ("bf16", 0.0), ("bf16", 0.2)]
+    assert result["order"] == paths + paths[1:] + paths[:1]  # the order rotates: none always first
+    for precision in ("fp32", "bf16"):
+        figures = result[precision]
+        assert figures["ratio"] == pytest.approx(statistics.median(figures["round_ratios"]))
+        assert figures["dropout_tokens_per_s"] > 0 and figures["none_tokens_per_s"] > 0
+        # Dropout really ran: the same batches and weights, another loss.
+        assert result["last_losses"][(precision, 0.2)] != result["last_losses"][(precision, 0.0)]
+    last = format_dropout_report(result, overrides).splitlines()[-1]
+    worst = min(result["fp32"]["ratio"], result["bf16"]["ratio"])
+    assert (
+        last
+        == f"dropout_vs_none={worst:.3f} fp32={result['fp32']['ratio']:.3f} bf16={result['bf16']['ratio']:.3f}"
+    )
 
 
 def test_generation_benchmark_compares_cache_and_recompute_on_identical_output():

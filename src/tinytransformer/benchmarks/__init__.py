@@ -1,7 +1,8 @@
-"""`make bench`: training speed (Trainer vs a plain loop), generation speed (KV cache) and data speed.
+"""`make bench`: training speed (Trainer vs a plain loop), generation speed (KV cache), data speed, and what
+dropout costs.
 
-The training figures print last, so the last line of `--quick` stays machine-readable:
-`trainer_vs_plain=<ratio> tokens_per_s=<n>`.
+Each suite ends with a machine-readable line: `trainer_vs_plain=<ratio> tokens_per_s=<n>` (training),
+`dropout_vs_none=<ratio> fp32=<r> bf16=<r>` (dropout, which runs last).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 
 from tinytransformer.errors import UserError
 
-SUITES = ("data", "generation", "training")
+SUITES = ("data", "generation", "training", "dropout")
 
 
 def benchmark_main() -> None:
@@ -61,6 +62,14 @@ def _run_suite(suite: str, args) -> str:
             500, "cuda" if gpu else "cpu", model, repeats=1 if args.quick else 3
         )
         return format_generation_report(result)
+    if suite == "dropout":
+        from tinytransformer.benchmarks.dropout import format_dropout_report, run_dropout_benchmark
+
+        rounds, steps, warmup = (2, 30, 10) if args.quick else (3, 200, 20)
+        result = run_dropout_benchmark(
+            args.overrides, args.rounds or rounds, args.steps or steps, args.warmup or warmup
+        )
+        return format_dropout_report(result, args.overrides)
     from tinytransformer.benchmarks.report import format_report
     from tinytransformer.benchmarks.training import preset_overrides, run_benchmark
 

@@ -142,7 +142,7 @@ def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps
 # --- the benchmark -------------------------------------------------------------------------------------
 
 
-def _measured(run, *args) -> Segment:
+def measured_round(run, *args) -> Segment:
     gc.collect()  # the previous round's garbage is collected now, not during this round's timed steps
     before = CpuSample.now()
     segment = run(*args)
@@ -181,7 +181,7 @@ def run_benchmark(
             for i in range(rounds):
                 # A B, B A, A B, ...: a machine that speeds up or slows down within a round favours neither.
                 for name in ("trainer", "plain") if i % 2 == 0 else ("plain", "trainer"):
-                    segments[name].append(_measured(paths[name], i))
+                    segments[name].append(measured_round(paths[name], i))
                     order.append(name)
         finally:
             lightning_log.setLevel(level)
