@@ -8,53 +8,31 @@ of a round alike). The last line is machine-readable: `dropout_vs_none=<worse ra
 
 from __future__ import annotations
 
-import logging
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from tinytransformer.benchmarks.machine import CpuSample, describe_machine, other_cpu_per_s, quiet_line
-from tinytransformer.benchmarks.training import (
-    benchmark_overrides,
-    compose_trainer_config,
-    measured_round,
-    trainer_round,
-)
-from tinytransformer.errors import UserError
-from tinytransformer.training.recipe import build_datamodule
+from tinytransformer.benchmarks.training import benchmark_setup, measured_round, trainer_round
 
 DROPOUT = 0.2
 PRECISIONS = {"fp32": "trainer.precision=32-true", "bf16": "trainer.precision=bf16-mixed"}
 
 
 def run_dropout_benchmark(overrides: list[str], rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-    if rounds < 1 or steps < 1 or warmup < 1:
-        raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
     paths = [(precision, p) for precision in PRECISIONS for p in (0.0, DROPOUT)]
     tps: dict[tuple[str, float], list[float]] = {path: [] for path in paths}
     order, losses = [], {}
     before = CpuSample.now()
-    lightning_log = logging.getLogger("lightning.pytorch")
-    level = lightning_log.level
-    with tempfile.TemporaryDirectory(prefix="tinytransformer-bench-") as tmp:
-        cfg = compose_trainer_config(overrides, Path(tmp))
-        overrides = [*overrides, *benchmark_overrides(cfg, warmup + steps + 1)]
-        dm = build_datamodule(compose_trainer_config(overrides, Path(tmp)))
-        dm.setup("fit")
+    with benchmark_setup(overrides, rounds, steps, warmup) as (tmp, overrides, cfg, dm):
         tokens_per_step = cfg.data.batch_size * cfg.data.block_size
-        lightning_log.setLevel(logging.WARNING)
-        try:
-            for i in range(rounds):
-                for precision, p in paths[i % len(paths) :] + paths[: i % len(paths)]:  # rotating order
-                    run = [*overrides, PRECISIONS[precision], f"model.dropout={p}"]
-                    out = Path(tmp) / f"round-{i}-{precision}-{p}"
-                    segment = measured_round(trainer_round, run, out, dm, warmup, steps)
-                    tps[(precision, p)].append(tokens_per_step * steps / segment.seconds)
-                    order.append((precision, p))
-                    losses[(precision, p)] = segment.last_loss
-        finally:
-            lightning_log.setLevel(level)
+        for i in range(rounds):
+            for precision, p in paths[i % len(paths) :] + paths[: i % len(paths)]:  # rotating order
+                run = [*overrides, PRECISIONS[precision], f"model.dropout={p}"]
+                out = tmp / f"round-{i}-{precision}-{p}"
+                segment = measured_round(trainer_round, run, out, dm, warmup, steps)
+                tps[(precision, p)].append(tokens_per_step * steps / segment.seconds)
+                order.append((precision, p))
+                losses[(precision, p)] = segment.last_loss
     after = CpuSample.now()
     result: dict[str, Any] = {
         "rounds": rounds,

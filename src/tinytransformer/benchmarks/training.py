@@ -14,6 +14,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,12 @@ def measured_round(run, *args) -> Segment:
     return segment
 
 
-def run_benchmark(
-    overrides: list[str], rounds: int, steps: int, warmup: int, matmul_size: int = 2048
-) -> dict[str, Any]:
-    """Interleaved rounds of (a) the Trainer path and (b) the plain loop; medians of their tokens/s."""
+@contextmanager
+def benchmark_setup(overrides: list[str], rounds: int, steps: int, warmup: int):
+    """(temporary dir, the overrides with validation and the rest moved past the timed window, the config,
+    the datamodule set up once for all rounds), with Lightning's info lines ("GPU available: ...") off."""
     if rounds < 1 or steps < 1 or warmup < 1:
         raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
-    before = CpuSample.now()
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     with tempfile.TemporaryDirectory(prefix="tinytransformer-bench-") as tmp:
@@ -165,6 +165,19 @@ def run_benchmark(
         cfg = compose_trainer_config(overrides, Path(tmp))
         dm = build_datamodule(cfg)
         dm.setup("fit")
+        lightning_log.setLevel(logging.WARNING)
+        try:
+            yield Path(tmp), overrides, cfg, dm
+        finally:
+            lightning_log.setLevel(level)
+
+
+def run_benchmark(
+    overrides: list[str], rounds: int, steps: int, warmup: int, matmul_size: int = 2048
+) -> dict[str, Any]:
+    """Interleaved rounds of (a) the Trainer path and (b) the plain loop; medians of their tokens/s."""
+    before = CpuSample.now()
+    with benchmark_setup(overrides, rounds, steps, warmup) as (tmp, overrides, cfg, dm):
         recipe = plain_recipe(cfg, dm)
         peak, peak_source = peak_flops(recipe.device, matmul_size, recipe.bf16)
         fp32_peak = None  # the CPU anchor is scaled by it
@@ -172,19 +185,15 @@ def run_benchmark(
             fp32_peak = matmul_peak(matmul_size) if recipe.bf16 else peak
         train_tokens = torch.from_numpy(dm.splits["train"].copy())
         paths = {
-            "trainer": lambda i: trainer_round(overrides, Path(tmp) / f"round-{i}", dm, warmup, steps),
+            "trainer": lambda i: trainer_round(overrides, tmp / f"round-{i}", dm, warmup, steps),
             "plain": lambda i: plain_round(recipe, train_tokens, warmup, steps),
         }
         segments, order = {"trainer": [], "plain": []}, []
-        lightning_log.setLevel(logging.WARNING)  # not "GPU available: ..." once per round
-        try:
-            for i in range(rounds):
-                # A B, B A, A B, ...: a machine that speeds up or slows down within a round favours neither.
-                for name in ("trainer", "plain") if i % 2 == 0 else ("plain", "trainer"):
-                    segments[name].append(measured_round(paths[name], i))
-                    order.append(name)
-        finally:
-            lightning_log.setLevel(level)
+        for i in range(rounds):
+            # A B, B A, A B, ...: a machine that speeds up or slows down within a round favours neither.
+            for name in ("trainer", "plain") if i % 2 == 0 else ("plain", "trainer"):
+                segments[name].append(measured_round(paths[name], i))
+                order.append(name)
         trainer, plain = segments["trainer"], segments["plain"]
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
         peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
