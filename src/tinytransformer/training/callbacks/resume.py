@@ -120,14 +120,13 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
 def validation_follows(trainer: L.Trainer) -> bool:
     """Whether Lightning validates right after the current training step: at int val_check_interval
     steps, and when the run is asked to stop (see on_train_batch_end)."""
-    every = trainer.val_check_batch
-    if not trainer.enable_validation:
-        return False
     if trainer.should_stop:
-        return True
+        return trainer.enable_validation
+    every = trainer.val_check_batch
     if not isinstance(every, int) or every <= 0:
         return False
-    return (trainer.global_step * trainer.accumulate_grad_batches) % every == 0
+    # enable_validation last: it inspects the module and its loaders (~40 us, 0.1 % of a CPU step)
+    return (trainer.global_step * trainer.accumulate_grad_batches) % every == 0 and trainer.enable_validation
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
