@@ -14,7 +14,7 @@ def format_summary(r: dict[str, Any], output_dir: Path) -> str:
         line = f"best val loss {r['best_val_loss']:.4f} ({r['best_val_bpc']:.4f} bits/char) at step {r['best_step']}"
         if "entropy_floor_bpc" in r:
             gap = 100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1)
-            line += f"; entropy floor {r['entropy_floor_bpc']:.4f} bits/char (+{gap:.1f} %)"
+            line += f"; entropy floor {r['entropy_floor_bpc']:.4f} bits/char ({gap:+.1f} %)"
         lines.append(line)
         lines += overfitting_lines(r)
     lines.append(
