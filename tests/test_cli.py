@@ -19,6 +19,7 @@ def trained_run(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dirs = list((log_dir / "train" / "runs").glob("*/*"))
     assert len(run_dirs) == 1
+    assert "`weights_only` was not set" not in result.stdout + result.stderr  # each save says what it holds
     return run_dirs[0], result.stdout
 
 

@@ -33,7 +33,8 @@ class BestCheckpoint(Checkpoint):
             return
         previous, path = self.best_model_path, self.dirpath / f"best-step={step}.ckpt"
         self.best_model_path = str(path)  # before the save: the file names itself as the best
-        trainer.save_checkpoint(path)  # every rank calls it (a barrier); rank 0 writes
+        # Every rank calls it (a barrier); rank 0 writes. The full state: a best checkpoint also resumes.
+        trainer.save_checkpoint(path, weights_only=False)
         if previous and previous != self.best_model_path and trainer.is_global_zero:
             Path(previous).unlink(missing_ok=True)
 
