@@ -31,7 +31,7 @@ step() {
     echo
     echo "== $name"
     if "$@" >"$WORK/$name.log" 2>&1; then
-        grep -E "^(best val loss|stopped|batch|[0-9]+ passed|.*tokens/s)" "$WORK/$name.log" | grep -v "it/s" || true
+        grep -E "^(best val loss|stopped|batch|[0-9]+ passed|.*tokens/s|dropout_vs_none|trainer_vs_plain)" "$WORK/$name.log" | grep -v "it/s" || true
         echo "ok ($((SECONDS - start)) s)"
     else
         tail -n 25 "$WORK/$name.log"
@@ -53,7 +53,8 @@ if [ "$GPUS" -ge 2 ]; then
 else
     echo; echo "== ddp_2_gpus: skipped ($GPUS GPU)"
 fi
-step benchmark timeout 180 "$PYTHON" scripts/benchmark.py --preset gpu-shakespeare --quick
+step benchmark timeout 180 "$PYTHON" scripts/benchmark.py --suite training --preset gpu-shakespeare --quick
+step dropout_benchmark timeout 180 "$PYTHON" scripts/benchmark.py --suite dropout --quick trainer=gpu
 
 echo
 if [ ${#FAILED[@]} -gt 0 ]; then

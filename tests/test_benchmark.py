@@ -17,6 +17,7 @@ from tinytransformer.benchmarks.training import (
     run_benchmark,
 )
 from tinytransformer.data import tiny_world
+from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.training.precision import auto_precision
 
@@ -77,13 +78,17 @@ def test_validation_sampling_and_checkpoints_come_after_the_timed_steps(tmp_path
 def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     overrides = ["model=tiny", "data.num_chars=20000", "data.block_size=32", "data.batch_size=8"]
     result = run_benchmark(
-        [*overrides, "data.max_eval_chars=2000"], rounds=2, steps=5, warmup=2, matmul_size=64
+        [*overrides, "data.max_eval_chars=2000"], pairs=3, steps=5, warmup=2, matmul_size=64
     )
-    assert result["trainer_tokens_per_s"] > 0 and result["plain_tokens_per_s"] > 0
-    rounds = zip(result["trainer_round_tokens_per_s"], result["plain_round_tokens_per_s"], strict=True)
-    assert result["ratio"] == pytest.approx(statistics.median(a / b for a, b in rounds))
-    assert len(result["trainer_round_tokens_per_s"]) == len(result["plain_round_tokens_per_s"]) == 2
-    assert result["order"] == ["trainer", "plain", "plain", "trainer"]  # neither always goes first
+    trainer_tps, plain_tps = result["trainer_segment_tokens_per_s"], result["plain_segment_tokens_per_s"]
+    assert len(trainer_tps) == len(plain_tps) == 3 and result["trainer_tokens_per_s"] > 0
+    # Each Trainer segment against the plain segments either side of it (T0 P0 T1 P1 T2 P2).
+    expected = [trainer_tps[0] / plain_tps[0]]
+    expected += [trainer_tps[i] / ((plain_tps[i - 1] + plain_tps[i]) / 2) for i in (1, 2)]
+    assert result["segment_ratios"] == pytest.approx(expected)
+    assert result["ratio"] == pytest.approx(statistics.median(expected))
+    segments = (*result["trainer_segments"], *result["plain_segments"])
+    assert all(seg.cpu_seconds > 0 for seg in segments) and result["cpu_ratio"] > 0
     report = format_report(result, "cpu-small").splitlines()
     assert (
         report[-1]
@@ -99,8 +104,17 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     assert "nanoGPT anchor (ANCHORS.md): 26.9 ktokens/s" in format_report(compiled, "cpu-small")
     trainer, plain = result["trainer_segments"][0], result["plain_segments"][0]
     assert trainer.params == plain.params
-    # Same initial weights, batches, optimizer, schedule and clipping: the same loss after 7 steps.
+    # Same initial weights, batches, optimizer, schedule and clipping: the same loss after 7 steps, the
+    # plain loop trained between the Trainer's steps.
     assert trainer.last_loss == pytest.approx(plain.last_loss, rel=1e-5)
+
+
+def test_a_run_too_short_for_the_timed_segments_is_refused_in_one_line():
+    overrides = ["model=tiny", "data.num_chars=20000", "trainer.max_steps=10"]
+    with pytest.raises(
+        UserError, match=r"trainer.max_steps=10 ends before the benchmark's 17 steps; raise it"
+    ):
+        run_benchmark(overrides, pairs=3, steps=5, warmup=2, matmul_size=64)
 
 
 def test_dropout_benchmark_interleaves_four_paths_and_ends_with_its_machine_readable_line():

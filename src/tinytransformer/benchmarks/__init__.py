@@ -25,9 +25,17 @@ def benchmark_main() -> None:
         "--quick", action="store_true", help="in under a minute on 2 cores (fewer, shorter rounds)"
     )
     parser.add_argument("--compile", action="store_true", help="model.compile=true, on both training paths")
-    parser.add_argument("--rounds", type=int, help="training rounds per path (default 5, quick 3)")
-    parser.add_argument("--steps", type=int, help="timed steps per round (default 500, quick 40)")
-    parser.add_argument("--warmup", type=int, help="untimed steps per round (default 20, quick 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="training: segment pairs (default 60, quick 6); dropout: rounds (3, quick 2)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="training: steps per segment (default 20, quick 8); dropout: per round (200, 30)",
+    )
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 30 and 20, quick 10)")
     parser.add_argument(
         "--data-mb", type=int, help="size of the data benchmark's text (default 1000, quick 50)"
     )
@@ -73,12 +81,12 @@ def _run_suite(suite: str, args) -> str:
     from tinytransformer.benchmarks.report import format_report
     from tinytransformer.benchmarks.training import preset_overrides, run_benchmark
 
-    rounds, steps, warmup = (3, 40, 10) if args.quick else (5, 500, 20)
+    pairs, steps, warmup = (6, 8, 10) if args.quick else (60, 20, 30)
     overrides = [*preset_overrides(args.preset, args.compile), *args.overrides]
     print(f"training: preset {args.preset}{' (quick)' if args.quick else ''}: {' '.join(overrides)}")
     result = run_benchmark(
         overrides,
-        args.rounds or rounds,
+        args.rounds or pairs,
         args.steps or steps,
         args.warmup or warmup,
         1024 if args.quick else 2048,

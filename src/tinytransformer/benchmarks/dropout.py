@@ -23,7 +23,7 @@ def run_dropout_benchmark(overrides: list[str], rounds: int, steps: int, warmup:
     tps: dict[tuple[str, float], list[float]] = {path: [] for path in paths}
     order, losses = [], {}
     before = CpuSample.now()
-    with benchmark_setup(overrides, rounds, steps, warmup) as (tmp, overrides, cfg, dm):
+    with benchmark_setup(overrides, rounds, steps, warmup, warmup + steps) as (tmp, overrides, cfg, dm):
         tokens_per_step = cfg.data.batch_size * cfg.data.block_size
         for i in range(rounds):
             for precision, p in paths[i % len(paths) :] + paths[: i % len(paths)]:  # rotating order

@@ -7,7 +7,6 @@ schedule, clipping and precision, taken from that path's own resolved settings, 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from tinytransformer.benchmarks.machine import synchronize
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
@@ -32,6 +30,7 @@ class Segment:
     last_loss: float  # after the last timed step
     params: int
     other_cpu_per_s: float = 0.0  # CPU-s per s that other processes used meanwhile
+    cpu_seconds: float = 0.0  # this process's CPU time (all its threads) over the stretch
 
 
 @dataclass(frozen=True)
@@ -65,30 +64,36 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
     )  # fmt: skip
 
 
-def plain_round(recipe: PlainRecipe, train_tokens: torch.Tensor, warmup: int, steps: int) -> Segment:
-    device = recipe.device
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model).to(device)
-    if recipe.compile:
-        model.compile()
-    optimizer = build_optimizer(model, recipe.optimizer)
-    scheduler = build_scheduler(optimizer, recipe.scheduler)
-    tokens = train_tokens.to(device)
-    batches = iter(RandomWindowBatches(tokens, model.block_size, recipe.batch_size, recipe.seed))
-    model.train()
-    for step in range(1, warmup + steps + 1):
-        x, y = next(batches)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip, foreach=True)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if step == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-    synchronize(device)
-    return Segment(time.perf_counter() - start, loss.item(), model.num_parameters())
+class PlainLoop:
+    """Path (b), as a user writes it: built once, then `run(steps)` trains that many more steps."""
+
+    def __init__(self, recipe: PlainRecipe, train_tokens: torch.Tensor):
+        self.device = recipe.device
+        torch.manual_seed(recipe.seed)
+        self.model = build_model(recipe.model).to(self.device)
+        if recipe.compile:
+            self.model.compile()
+        self.optimizer = build_optimizer(self.model, recipe.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, recipe.scheduler)
+        tokens = train_tokens.to(self.device)
+        self.batches = iter(
+            RandomWindowBatches(tokens, self.model.block_size, recipe.batch_size, recipe.seed)
+        )
+        self.recipe = recipe
+        self.loss: torch.Tensor | None = None
+        self.model.train()
+
+    def run(self, steps: int) -> None:
+        model, optimizer, recipe = self.model, self.optimizer, self.recipe
+        for _ in range(steps):
+            x, y = next(self.batches)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip, foreach=True)
+            optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.loss = loss

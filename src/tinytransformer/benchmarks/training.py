@@ -2,8 +2,10 @@
 
 Path (a) is what `scripts/train.py` runs: conf/train.yaml composed with overrides, then the package's own
 builders (callbacks, TensorBoard, progress bar). Path (b), in plain_loop.py, is a bare loop over the same
-model, batches, optimizer, schedule and clipping. Rounds alternate a b, b a, a b, ...; each times `steps`
-optimizer steps after `warmup` steps, and the medians over rounds are compared.
+model, batches, optimizer, schedule and clipping. Both run in one fit of path (a): its Interleaver callback
+runs path (b) between segments of path (a), so `pairs` short segments alternate a b a b ...; each Trainer
+segment is compared with the plain segments either side of it, and the median of those ratios is the
+figure (this machine's speed drifts by up to 2x over minutes, never much within a few seconds).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tinytransformer.benchmarks.machine import (
     peak_flops,
     synchronize,
 )
-from tinytransformer.benchmarks.plain_loop import Segment, plain_recipe, plain_round
+from tinytransformer.benchmarks.plain_loop import PlainLoop, Segment, plain_recipe
 from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
@@ -101,6 +103,59 @@ class StepWindowTimer(L.Callback):
             trainer.stop_reason = "benchmark_window"  # how our own callbacks say why fit() returned
 
 
+class Interleaver(L.Callback):
+    """Paths (a) and (b) in alternating segments inside one fit of the Trainer path, then stops the fit.
+
+    After `warmup` Trainer steps the plain loop trains `warmup` untimed steps; then `steps` Trainer steps
+    and `steps` plain-loop steps alternate, `pairs` times. Each segment is timed by the wall clock and by
+    this process's CPU time, with the GPU synchronized at its ends. A Trainer segment runs from the end of
+    one step to the end of another, so it includes the loop's own per-step work. Segments last about a
+    second: neighbours see the same machine, so a drift over minutes cancels in their ratio.
+    """
+
+    def __init__(self, plain: PlainLoop, warmup: int, steps: int, pairs: int):
+        self.plain, self.warmup, self.steps, self.pairs = plain, warmup, steps, pairs
+        self.trainer_segments: list[Segment] = []
+        self.plain_segments: list[Segment] = []
+        self._start: tuple[float, float, CpuSample] | None = None
+
+    @staticmethod
+    def _mark() -> tuple[float, float, CpuSample]:
+        sample = CpuSample.now()  # first: reading /proc is not part of the segment
+        return time.perf_counter(), time.process_time(), sample
+
+    @staticmethod
+    def _segment(start: tuple[float, float, CpuSample], loss: float, params: int) -> Segment:
+        wall, cpu, sample = start
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        return Segment(seconds, loss, params, other_cpu_per_s(sample, CpuSample.now()), cpu_seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step < self.warmup or (step - self.warmup) % self.steps:
+            return
+        synchronize(pl_module.device)
+        if self._start is None:
+            self.plain.run(self.warmup)  # untimed, as the Trainer's first steps were
+        else:
+            params = pl_module.model.num_parameters()
+            self.trainer_segments.append(self._segment(self._start, float(outputs["loss"]), params))
+            start = self._mark()
+            self.plain.run(self.steps)
+            synchronize(self.plain.device)
+            self.plain_segments.append(self._segment(start, self.plain.loss.item(), params))
+        if len(self.plain_segments) == self.pairs:
+            trainer.should_stop = True
+            trainer.stop_reason = "benchmark_window"
+        self._start = self._mark()
+
+
+def neighbour_ratios(a: list[float], b: list[float]) -> list[float]:
+    """a[i] over the mean of the b segments either side of it (b[i-1] before, b[i] after): a drift that is
+    linear over three segments cancels."""
+    return [a[i] / statistics.fmean(b[max(i - 1, 0) : i + 1]) for i in range(len(a))]
+
+
 def compose_trainer_config(overrides: list[str], output_dir: Path):
     """conf/train.yaml + overrides, checked as train() checks it; outputs go to `output_dir`."""
     project_env()
@@ -124,19 +179,23 @@ def benchmark_overrides(cfg, after_window: int) -> list[str]:
     return changes
 
 
-def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps: int) -> Segment:
-    """One fit() built as train() builds it, plus the timer; `dm` is set up once for all rounds."""
+def trainer_fit(overrides: list[str], output_dir: Path, dm, timer: L.Callback) -> None:
+    """One fit() built as train() builds it, plus `timer`; `dm` is set up once for all fits."""
     cfg = compose_trainer_config(overrides, output_dir)
     output_dir.mkdir(parents=True)  # Hydra makes the run dir before train() runs
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg, dm)
-    timer = StepWindowTimer(warmup, steps)
     trainer = build_trainer(cfg, output_dir, [*build_callbacks(cfg), timer])
+    gc.collect()  # the previous fit's garbage is collected now, not during the timed steps
     trainer.fit(module, datamodule=dm, weights_only=True)
-    if timer.segment is None:
-        raise RuntimeError(
-            f"the Trainer stopped at step {trainer.global_step}, before the timed window ended"
-        )
+    if trainer.stop_reason != "benchmark_window":
+        raise RuntimeError(f"the Trainer stopped at step {trainer.global_step}, before its timed steps ended")
+
+
+def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps: int) -> Segment:
+    """One fit of the Trainer path timed over `steps` steps after `warmup`."""
+    timer = StepWindowTimer(warmup, steps)
+    trainer_fit(overrides, output_dir, dm, timer)
     return timer.segment
 
 
@@ -144,7 +203,6 @@ def trainer_round(overrides: list[str], output_dir: Path, dm, warmup: int, steps
 
 
 def measured_round(run, *args) -> Segment:
-    gc.collect()  # the previous round's garbage is collected now, not during this round's timed steps
     before = CpuSample.now()
     segment = run(*args)
     segment.other_cpu_per_s = other_cpu_per_s(before, CpuSample.now())
@@ -152,16 +210,22 @@ def measured_round(run, *args) -> Segment:
 
 
 @contextmanager
-def benchmark_setup(overrides: list[str], rounds: int, steps: int, warmup: int):
-    """(temporary dir, the overrides with validation and the rest moved past the timed window, the config,
-    the datamodule set up once for all rounds), with Lightning's info lines ("GPU available: ...") off."""
+def benchmark_setup(overrides: list[str], rounds: int, steps: int, warmup: int, fit_steps: int):
+    """(temporary dir, the overrides with validation and the rest moved past a fit's `fit_steps`, the
+    config, the datamodule set up once for all fits), with Lightning's info lines ("GPU available: ...")
+    off."""
     if rounds < 1 or steps < 1 or warmup < 1:
         raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     with tempfile.TemporaryDirectory(prefix="tinytransformer-bench-") as tmp:
         cfg = compose_trainer_config(overrides, Path(tmp))
-        overrides = [*overrides, *benchmark_overrides(cfg, warmup + steps + 1)]
+        if cfg.trainer.max_steps < fit_steps:
+            raise UserError(
+                f"trainer.max_steps={cfg.trainer.max_steps} ends before the benchmark's {fit_steps} steps; "
+                "raise it, or lower --rounds or --steps"
+            )
+        overrides = [*overrides, *benchmark_overrides(cfg, fit_steps + 1)]
         cfg = compose_trainer_config(overrides, Path(tmp))
         dm = build_datamodule(cfg)
         dm.setup("fit")
@@ -173,53 +237,52 @@ def benchmark_setup(overrides: list[str], rounds: int, steps: int, warmup: int):
 
 
 def run_benchmark(
-    overrides: list[str], rounds: int, steps: int, warmup: int, matmul_size: int = 2048
+    overrides: list[str], pairs: int, steps: int, warmup: int, matmul_size: int = 2048
 ) -> dict[str, Any]:
-    """Interleaved rounds of (a) the Trainer path and (b) the plain loop; medians of their tokens/s."""
+    """(a) the Trainer path and (b) the plain loop in `pairs` alternating segments of `steps` steps."""
     before = CpuSample.now()
-    with benchmark_setup(overrides, rounds, steps, warmup) as (tmp, overrides, cfg, dm):
+    fit_steps = warmup + pairs * steps
+    with benchmark_setup(overrides, pairs, steps, warmup, fit_steps) as (tmp, overrides, cfg, dm):
         recipe = plain_recipe(cfg, dm)
         peak, peak_source = peak_flops(recipe.device, matmul_size, recipe.bf16)
         fp32_peak = None  # the CPU anchor is scaled by it
         if recipe.device.type == "cpu":
             fp32_peak = matmul_peak(matmul_size) if recipe.bf16 else peak
-        train_tokens = torch.from_numpy(dm.splits["train"].copy())
-        paths = {
-            "trainer": lambda i: trainer_round(overrides, tmp / f"round-{i}", dm, warmup, steps),
-            "plain": lambda i: plain_round(recipe, train_tokens, warmup, steps),
-        }
-        segments, order = {"trainer": [], "plain": []}, []
-        for i in range(rounds):
-            # A B, B A, A B, ...: a machine that speeds up or slows down within a round favours neither.
-            for name in ("trainer", "plain") if i % 2 == 0 else ("plain", "trainer"):
-                segments[name].append(measured_round(paths[name], i))
-                order.append(name)
-        trainer, plain = segments["trainer"], segments["plain"]
+        plain = PlainLoop(recipe, torch.from_numpy(dm.splits["train"].copy()))
+        interleaver = Interleaver(plain, warmup, steps, pairs)
+        trainer_fit(overrides, tmp / "run", dm, interleaver)
+        trainer, plain_segments = interleaver.trainer_segments, interleaver.plain_segments
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
         peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
         fp32_peak = max(fp32_peak, matmul_peak(matmul_size)) if recipe.bf16 else peak
     after = CpuSample.now()
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
-    plain_tps = [tokens_per_step * steps / seg.seconds for seg in plain]
+    plain_tps = [tokens_per_step * steps / seg.seconds for seg in plain_segments]
+    ratios = neighbour_ratios(trainer_tps, plain_tps)
+    cpu_ratios = neighbour_ratios(
+        [1 / seg.cpu_seconds for seg in trainer], [1 / seg.cpu_seconds for seg in plain_segments]
+    )
     model = build_model(recipe.model)
     return {
         "precision": cfg.trainer.precision,
         "recipe": recipe,
         "corpus": f"{dm.corpus.name} ({dm.corpus.source})",
-        "rounds": rounds,
-        "order": order,
+        "pairs": pairs,
         "steps": steps,
         "warmup": warmup,
         "tokens_per_step": tokens_per_step,
         "trainer_segments": trainer,
-        "plain_segments": plain,
-        "trainer_round_tokens_per_s": trainer_tps,
-        "plain_round_tokens_per_s": plain_tps,
+        "plain_segments": plain_segments,
+        "trainer_segment_tokens_per_s": trainer_tps,
+        "plain_segment_tokens_per_s": plain_tps,
         "trainer_tokens_per_s": statistics.median(trainer_tps),
         "plain_tokens_per_s": statistics.median(plain_tps),
-        # Median of the rounds' own ratios: a slow phase of the machine hits both paths of a round alike.
-        "ratio": statistics.median(a / b for a, b in zip(trainer_tps, plain_tps, strict=True)),
+        # Medians of each Trainer segment against its neighbours: by wall clock, and by CPU time (which
+        # another process on the machine slows less).
+        "segment_ratios": ratios,
+        "ratio": statistics.median(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios),
         "non_embedding_params": non_embedding_params(model),
         "flops_per_token": flops_per_token(model),
         "peak_flops": peak,
