@@ -59,6 +59,14 @@ def fork_server() -> ForkServer | None:
     return _fork_server
 
 
+def interpreter_env_differs(env: dict) -> bool:
+    """Whether `env` sets a variable Python reads at its own start differently from this process: then
+    only a fresh interpreter honours it (see tests/forkserver.py)."""
+    keys = {k for k in {*env, *os.environ} if k.startswith(("PYTHON", "LC_")) or k == "LANG"}
+    keys -= {"PYTHONPATH", "PYTHONWARNINGS"}  # the fork server applies these to each child
+    return any(env.get(k) != os.environ.get(k) for k in keys)
+
+
 def start_cli(
     script: str, *args: str, output=subprocess.DEVNULL, env: dict | None = None, stderr=None
 ) -> subprocess.Popen | ForkedProcess:
@@ -69,7 +77,7 @@ def start_cli(
     if stderr is None:
         stderr = subprocess.STDOUT if output == subprocess.PIPE else output
     command = [sys.executable, str(ROOT / "scripts" / script), *args]
-    if (server := fork_server()) is not None:
+    if not interpreter_env_differs(full_env) and (server := fork_server()) is not None:
         return ForkedProcess(server, command, stdout=output, stderr=stderr, env=full_env, cwd=ROOT)
     return subprocess.Popen(command, stdout=output, stderr=stderr, text=True, env=full_env, cwd=ROOT)
 

@@ -10,8 +10,12 @@ is a real process, as a plain `python script.py` would be:
 - its exit status reported back, -N when a signal ended it, as `subprocess.Popen.returncode` says.
 
 Nothing of tinytransformer is imported before the fork, so the CLI's own imports run in every child.
-Tests that need Python's real start (import-order checks, the README's commands) use `subprocess` directly;
-`TT_TEST_FORKSERVER=0` makes `start_cli` use it everywhere.
+What a child cannot have is what Python fixes at its own start: every child shares the server's string
+hash seed (so set order of strings repeats across starts), and interpreter-level environment variables
+(PYTHONHASHSEED, PYTHONUTF8, PYTHONIOENCODING, LANG/LC_*, ...) are the server's. `start_cli` therefore
+starts a plain subprocess when a test sets any of those. Tests that need Python's real start
+(import-order checks, the README's commands) use `subprocess` directly; `TT_TEST_FORKSERVER=0` makes
+`start_cli` use it everywhere.
 
 Protocol, over a Unix SEQPACKET socket: the client sends one JSON message (argv, cwd, env) with its three
 stdio fds attached; the server answers the child's pid, then its exit code when it ends.
@@ -20,6 +24,7 @@ stdio fds attached; the server answers the child's pid, then its exit code when 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -79,15 +84,28 @@ def serve(path: str) -> None:
 
 def run_child(request: dict, fds: list[int], base_path: list[str], base_warnings: str | None) -> None:
     """In the forked child: become `python <argv>` in `cwd` with `env`, run it, exit as Python would."""
+    code = 1
+    try:
+        code = _become_and_run(request, fds, base_path, base_warnings)
+    except BaseException:  # a broken request: say so on the child's stderr, as a failed start would
+        sys.excepthook(*sys.exc_info())
+    finally:
+        os._exit(code)
+
+
+def _become_and_run(request: dict, fds: list[int], base_path: list[str], base_warnings: str | None) -> int:
     import atexit
     import runpy
     import threading
     import warnings
 
-    for target, fd in enumerate(fds):
+    # Sources above 2 first: a received fd may itself be 0-2 (when the server's own stdio was closed).
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) if fd <= 2 else fd for fd in fds]
+    for target, fd in enumerate(high):
         os.dup2(fd, target)
-    for fd in set(fds):
-        os.close(fd)
+    for fd in set(high) | set(fds):
+        if fd > 2:
+            os.close(fd)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -106,6 +124,7 @@ def run_child(request: dict, fds: list[int], base_path: list[str], base_warnings
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     code = 0
+    interrupted = False
     try:
         runpy.run_path(script, run_name="__main__")
     except SystemExit as stop:
@@ -116,16 +135,20 @@ def run_child(request: dict, fds: list[int], base_path: list[str], base_warnings
         else:
             print(stop.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        interrupted = True
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
-    try:
-        threading._shutdown()
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:  # as Python ends on an uncaught KeyboardInterrupt: killed by SIGINT (-2)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
 
 
 # --- client side ------------------------------------------------------------------------------------
@@ -224,7 +247,8 @@ class ForkedProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):  # ended a moment ago, as Popen allows
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
