@@ -117,6 +117,14 @@ def test_a_run_too_short_for_the_timed_segments_is_refused_in_one_line():
         run_benchmark(overrides, pairs=3, steps=5, warmup=2, matmul_size=64)
 
 
+def test_gradient_accumulation_is_refused_in_one_line():
+    overrides = ["model=tiny", "data.num_chars=20000", "trainer.accumulate_grad_batches=2"]
+    with pytest.raises(
+        UserError, match=r"trainer.accumulate_grad_batches=2: the benchmark times optimizer steps"
+    ):
+        run_benchmark(overrides, pairs=2, steps=2, warmup=1, matmul_size=64)
+
+
 def test_dropout_benchmark_interleaves_four_paths_and_ends_with_its_machine_readable_line():
     overrides = ["model=tiny", "data.num_chars=20000", "data.block_size=32", "data.batch_size=8"]
     result = run_dropout_benchmark([*overrides, "data.max_eval_chars=2000"], rounds=2, steps=3, warmup=1)

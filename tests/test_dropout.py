@@ -73,11 +73,13 @@ def test_bf16_activations_get_bf16_masks_with_the_right_drop_rate():
     assert set(y.unique().float().tolist()) == {0.0, 1.25}
 
 
-def test_other_devices_keep_torchs_own_dropout(monkeypatch):
+def test_other_devices_and_ps_finer_than_16_bits_keep_torchs_own_dropout(monkeypatch):
     seen = []
     monkeypatch.setattr(F, "dropout", lambda x, p, training: seen.append((x.device.type, p)) or x)
     dropout(torch.empty(4, 4, device="meta"), 0.1, training=True)
-    assert seen == [("meta", 0.1)]
+    dropout(torch.empty(4, 4), 1e-6, training=True)  # would round to no dropout at all
+    dropout(torch.empty(4, 4), 0.1, training=True)
+    assert seen == [("meta", 0.1), ("cpu", 1e-6)]
 
 
 def test_attention_dropout_drops_the_attention_weights_after_the_softmax():

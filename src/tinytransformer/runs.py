@@ -85,6 +85,8 @@ def sweep_job_name(
     last_parts = [key.rsplit(".", 1)[-1] for key in swept]
 
     def short(override: str) -> str:
+        if "=" not in override:  # `~key`: a deletion
+            return override
         key, value = override.split("=", 1)
         bare = key.lstrip("+~")
         if bare in groups:

@@ -52,6 +52,11 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
     precision = str(cfg.trainer.precision)
     if precision not in ("32-true", "32", "bf16-mixed"):
         raise UserError(f"trainer.precision={precision}: the benchmark supports 32-true and bf16-mixed")
+    if cfg.trainer.accumulate_grad_batches != 1:
+        raise UserError(
+            f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches}: the benchmark times "
+            "optimizer steps of one batch each; drop the override (or raise data.batch_size instead)"
+        )
     accelerator = cfg.trainer.accelerator
     gpu = on_gpu(accelerator)
     if gpu and not torch.cuda.is_available():

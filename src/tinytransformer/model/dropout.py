@@ -6,7 +6,8 @@ Here one 64-bit draw of torch's generator (`random_()` over the whole int64 rang
 per bit) gives the 16 random bits of four mask elements:
 - an element is dropped when its 16 bits, read as a number in [0, 65536), are below `round(p * 65536)`:
   independent Bernoulli draws with a drop probability within 7.7e-6 of p;
-- kept elements are scaled by the exact inverse of that keep probability, so E[out] = x;
+- kept elements are scaled by the exact inverse of that keep probability, so E[out] = x (in bf16 the
+  scale is rounded to bf16, e.g. 1/0.9 to 1.109375, as F.dropout's is);
 - masks come from torch's default generator, so a seed gives the same masks (and resume stays exact);
 - off in eval mode, as nn.Dropout is.
 
@@ -46,7 +47,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout(x, p, training), with keep_mask's masks on a CPU."""
     if not training or p == 0:
         return x
-    if x.device.type != "cpu" or drop_level(p) >= LEVELS:
+    if x.device.type != "cpu" or not 0 < drop_level(p) < LEVELS:  # p < 7.6e-6 or ~1: torch's own
         return F.dropout(x, p, training)
     return x * keep_mask(x.shape, p, x.dtype)
 

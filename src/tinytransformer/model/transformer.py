@@ -82,6 +82,9 @@ def attend_with_dropout(
     autocast dtype (bf16 matmuls are fast on CPUs, unlike bf16 flash attention), the softmax in fp32."""
     B, H, T, D = q.shape
     S = k.shape[-2]
+    # SDPA's is_causal aligns the mask top-left when T != S; only T == S (training) comes here.
+    if is_causal and T != S:
+        raise ValueError(f"causal attention with dropout needs as many queries as keys ({T} != {S})")
     causal = torch.zeros(T, S, dtype=q.dtype, device=q.device)
     if is_causal:
         causal.fill_(float("-inf")).triu_(S - T + 1)  # -inf where a query would see a later key

@@ -29,7 +29,10 @@ class GradientClipping(L.Callback):
         self._params: list[torch.nn.Parameter] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        self._params = list(pl_module.parameters())  # all: one unfrozen mid-fit is clipped too
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._params = []
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         max_norm = self.max_norm or math.inf
