@@ -24,7 +24,7 @@ RUN = [
     "callbacks.sample_generation.every_n_steps=50",
     "test=false",
 ]
-TIMING_KEYS = {"wall_s", "tokens_per_s", "mfu", "startup_s", "best_ckpt_path"}
+TIMING_KEYS = {"wall_s", "tokens_per_s", "train_tokens_per_s", "mfu", "startup_s", "best_ckpt_path"}
 
 
 def only_run(log_dir: Path) -> Path:

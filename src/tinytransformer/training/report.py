@@ -20,7 +20,11 @@ def format_summary(r: dict[str, Any], output_dir: Path) -> str:
     lines.append(
         f"stopped: {r.get('stop_reason', 'unknown')} after {r.get('steps', 0)} steps"
         + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
-        + (f", MFU {100 * r['mfu']:.2f} %" if r.get("mfu") is not None else "")
+        + (
+            f" ({r['train_tokens_per_s']:,.0f} training alone, MFU {100 * r['mfu']:.2f} %)"
+            if r.get("mfu") is not None
+            else ""
+        )
     )
     if r.get("world_size", 1) > 1:
         world, batch = r["world_size"], r["effective_batch_size"]

@@ -24,7 +24,7 @@ class RunSummary(L.Callback):
     """Tracks best and final metrics; writes `metrics.json` after every validation and at the end.
 
     The run's speed: wall_s and tokens_per_s of its fit (validation included), and with a Throughput
-    callback, its MFU, FLOPs per token and the peak it was measured against.
+    callback, train_tokens_per_s and MFU (validation left out), FLOPs per token and the peak.
 
     Its state is saved in checkpoints, so a resumed run's summary is that of an uninterrupted run.
 
@@ -87,10 +87,9 @@ class RunSummary(L.Callback):
         if self._fit_start is not None:
             wall = time.perf_counter() - self._fit_start
             tokens = (trainer.global_step - self._start_step) * trainer.datamodule.tokens_per_step(trainer)
-            tokens_per_s = tokens / max(wall, 1e-9)
-            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens_per_s, 1))
+            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
             for meter in (c for c in trainer.callbacks if isinstance(c, Throughput)):
-                self.state.update(meter.summary(tokens_per_s, trainer))
+                self.state.update(meter.summary(trainer))
         self.write(trainer)
 
     def on_exception(

@@ -21,7 +21,8 @@ class Throughput(OptimizerStepCallback):
     Timed by the host clock between log steps, validation left out, so it costs no host sync: on a GPU the
     host runs ahead of the device by at most its launch queue, a small error over tens of steps.
     MFU = tokens/s x training FLOPs per token / (peak FLOP/s x devices); see tinytransformer.training.flops.
-    RunSummary puts the run's figures (whole-run tokens/s, MFU, FLOPs per token, the peak) in metrics.json.
+    RunSummary puts the run's figures in metrics.json: `train_tokens_per_s` and `mfu` over all of this
+    job's training steps, validation left out as in the scalars, beside the FLOPs per token and the peak.
 
     Args:
         cache_dir: where a CPU's measured peak is cached.
@@ -36,6 +37,7 @@ class Throughput(OptimizerStepCallback):
         self.peak_source = ""
         self._mark: tuple[float, int] | None = None  # (clock, global_step) at the window's start
         self._paused = 0.0  # validation time inside the window
+        self._trained = (0.0, 0)  # (seconds, steps) of this job's closed windows
         self._validation_start: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -56,10 +58,15 @@ class Throughput(OptimizerStepCallback):
             return None
         return tokens_per_s * self.flops_per_token / (self.peak * trainer.world_size)
 
-    def summary(self, tokens_per_s: float, trainer: L.Trainer) -> dict:
-        """The run's figures for metrics.json, from its whole-run tokens/s."""
-        mfu = self.mfu(tokens_per_s, trainer)
+    def summary(self, trainer: L.Trainer) -> dict:
+        """This job's figures for metrics.json: over its training steps, validation left out (called at
+        the end of the fit, it counts the steps since the last log step too)."""
+        self._close_window(trainer.global_step)
+        seconds, steps = self._trained
+        tokens_per_s = steps * trainer.datamodule.tokens_per_step(trainer) / seconds if seconds > 0 else None
+        mfu = None if tokens_per_s is None else self.mfu(tokens_per_s, trainer)
         return {
+            "train_tokens_per_s": None if tokens_per_s is None else round(tokens_per_s, 1),
             "mfu": None if mfu is None else round(mfu, 5),
             "flops_per_token": self.flops_per_token,
             "peak_flops": self.peak,
@@ -68,6 +75,18 @@ class Throughput(OptimizerStepCallback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mark, self._paused = (time.perf_counter(), trainer.global_step), 0.0
+        self._trained = (0.0, 0)
+
+    def _close_window(self, step: int) -> tuple[int, float] | None:
+        """(steps, seconds) since the window's start, validation left out; a new window starts."""
+        now = time.perf_counter()
+        start, start_step = self._mark or (now, step)
+        self._mark, seconds, self._paused = (now, step), now - start - self._paused, 0.0
+        if step <= start_step or seconds <= 0:
+            return None
+        trained_s, trained_steps = self._trained
+        self._trained = (trained_s + seconds, trained_steps + step - start_step)
+        return step - start_step, seconds
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validation_start = time.perf_counter()
@@ -81,14 +100,13 @@ class Throughput(OptimizerStepCallback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % trainer.log_every_n_steps or not self.optimizer_stepped(trainer):
             return
-        now, step = time.perf_counter(), trainer.global_step
-        start, start_step = self._mark or (now, step)
-        self._mark, seconds, self._paused = (now, step), now - start - self._paused, 0.0
-        if step <= start_step or seconds <= 0:
+        window = self._close_window(trainer.global_step)
+        if window is None:
             return
-        tokens_per_s = (step - start_step) * trainer.datamodule.tokens_per_step(trainer) / seconds
+        steps, seconds = window
+        tokens_per_s = steps * trainer.datamodule.tokens_per_step(trainer) / seconds
         metrics = {"train/tokens_per_s": tokens_per_s}
         if (mfu := self.mfu(tokens_per_s, trainer)) is not None:
             metrics["train/mfu"] = mfu
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=trainer.global_step)
