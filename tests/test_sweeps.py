@@ -14,7 +14,7 @@ from tests.test_compare_runs import table_rows
 from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.comparison.compare import compare
 from tinytransformer.hparams import flat_hparams, swept_hparams
-from tinytransformer.runs import sweep_job_name
+from tinytransformer.sweeps import sweep_job_name
 from tinytransformer.training.callbacks.hparams import HP_METRICS
 
 # Job number -> its dir name. model.dropout=-0.5 is out of range: jobs 2 and 3 fail, 4 and 5 still run.

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tinytransformer import runs
+from tinytransformer import runs, sweeps
 from tinytransformer.config import CONFIG_DIR, ROOT, register_schemas
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
 from tinytransformer.overrides import compose_config, override_value, parse_args
@@ -24,20 +24,7 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     def sweep_job_name(*, _root_) -> str:
-        hydra = _root_.hydra
-        sources = [CONFIG_DIR] + [
-            Path(s.path) for s in hydra.runtime.get("config_sources", []) if s.schema == "file"
-        ]
-        overrides = list(hydra.overrides.task)
-        keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        return runs.sweep_job_name(
-            hydra.sweep.dir,
-            overrides,
-            runs.sweeper_params(hydra),
-            hydra.job.override_dirname,
-            groups=frozenset(k for k in keys if any((source / k).is_dir() for source in sources)),
-            job_num=hydra.job.get("num"),
-        )
+        return sweeps.job_name(_root_.hydra, CONFIG_DIR)
 
     OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name, replace=True)
 

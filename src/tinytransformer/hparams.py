@@ -170,7 +170,7 @@ def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from tinytransformer.runs import sweeper_params, swept_keys
+    from tinytransformer.sweeps import sweeper_params, swept_keys
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None

@@ -17,8 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tinytransformer.errors import UserError
 
 LAST = "last.ckpt"  # the checkpoint a run resumes from
@@ -55,73 +53,6 @@ def record_failure(output_dir: Path, reason: str) -> None:
 def clear_failure(output_dir: Path) -> None:
     """A run continued after a failure (resumed, or requeued) is no longer a failed run."""
     (Path(output_dir) / FAILED_FILE).unlink(missing_ok=True)
-
-
-def sweep_job_name(
-    sweep_dir: str,
-    job_overrides: list[str],
-    sweeper_params: dict[str, Any],
-    all_overrides: str,
-    max_chars: int = 200,
-    groups: frozenset[str] = frozenset(),
-    job_num: int | None = None,
-) -> str:
-    """A sweep job's name: its values of the swept keys, short enough to read where TensorBoard cuts names
-    (its HPARAMS table shows about 18 characters): `dropout,seed=2` for `regularization=dropout seed=2`,
-    `dropout=0.1,seed=2` for `model.dropout=0.1 seed=2`.
-
-    - A swept config group (one of `groups`) gives its option alone; a dotted key gives its last part,
-      unless two swept keys share that part.
-    - Swept keys: `swept_keys`. Without any, the name is `all_overrides` (Hydra's override_dirname).
-    - A `/` (a swept path) becomes `_`; cut to `max_chars` (file names have a length limit; the job number
-      in front keeps names unique).
-    - A sweep begun before these short names (job `job_num` has a dir under the full `key=value` name)
-      keeps its dirs, so it still resumes.
-    """
-    swept = swept_keys(sweep_dir, sweeper_params)
-    named = sorted(o for o in job_overrides if _key(o) in swept)
-    if not named:
-        return all_overrides.replace("/", "_")[:max_chars]
-    last_parts = [key.rsplit(".", 1)[-1] for key in swept]
-
-    def short(override: str) -> str:
-        if "=" not in override:  # `~key`: a deletion
-            return override
-        key, value = override.split("=", 1)
-        bare = key.lstrip("+~")
-        if bare in groups:
-            return value
-        last = bare.rsplit(".", 1)[-1]
-        return f"{last if last_parts.count(last) == 1 else bare}={value}"
-
-    name = ",".join(short(o) for o in named).replace("/", "_")[:max_chars]
-    full = ",".join(named).replace("/", "_")[:max_chars]
-    if job_num is not None and (Path(sweep_dir) / f"{job_num}_{full}").is_dir():
-        return full
-    return name
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def sweeper_params(hydra) -> dict[str, Any]:
-    """The search space of a sweep's Hydra config node `hydra` (hydra.sweeper.params), as plain data."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
-
-
-def swept_keys(sweep_dir: str, sweeper_params: dict[str, Any]) -> set[str]:
-    """The keys a sweep varies: those of hydra.sweeper.params and those given several values on the command
-    line (as the sweep's multirun.yaml records them; not every sweeper writes one)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    multirun = Path(sweep_dir) / "multirun.yaml"
-    recorded = yaml.safe_load(multirun.read_text()) if multirun.is_file() else None
-    command_line = ((recorded or {}).get("hydra") or {}).get("overrides", {}).get("task", [])
-    parsed = OverridesParser.create().parse_overrides(list(command_line))
-    return {o.key_or_group for o in parsed if o.is_sweep_override()} | set(sweeper_params)
 
 
 def check_resumable(path: str, multirun: bool) -> Path:
