@@ -78,6 +78,15 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("_one", torch.ones(()), persistent=False)
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name before and after every hook it calls, ~45 times a step. It is a
+        # str or None, which nn.Module.__setattr__ would store as a plain attribute too, in 1.4 us against
+        # 0.2 us.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 

@@ -31,6 +31,7 @@ from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import LanguageModel
 from tinytransformer.training.optim import optimizer_class, resume_schedule, scheduler_class, scheduler_spec
 from tinytransformer.training.precision import on_gpu, resolve_precision
+from tinytransformer.training.profiler import NullProfiler
 from tinytransformer.training.regularizers import build_regularizers
 from tinytransformer.training.report import format_summary
 from tinytransformer.upgrades import upgrade
@@ -181,6 +182,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     # ours (`~callbacks.last_checkpoint`, callbacks=none) gets none.
     kwargs.setdefault("enable_checkpointing", any(isinstance(c, Checkpoint) for c in callbacks))
     kwargs.setdefault("enable_progress_bar", any(isinstance(c, ProgressBar) for c in callbacks))
+    if kwargs.get("profiler") is None:
+        kwargs["profiler"] = NullProfiler()
     if on_gpu(kwargs["accelerator"]):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
     launch = launch_settings(kwargs)

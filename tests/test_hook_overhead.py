@@ -1,0 +1,80 @@
+"""What Lightning does around each of the ~90 hook calls of a training step costs as little as it can, with
+the same behaviour: a run gets a profiler whose `profile()` is free unless it asks for a real one, and the
+module's hook bookkeeping skips nn.Module.__setattr__. Speed itself is measured by `make bench`."""
+
+import pytest
+import torch
+from lightning.pytorch.profilers import SimpleProfiler
+from tests.conftest import TINY_RUN, compose_train
+
+from tinytransformer.config import validate
+from tinytransformer.training import recipe
+from tinytransformer.training.lightning_module import LanguageModel
+from tinytransformer.training.precision import resolve_precision
+from tinytransformer.training.profiler import NullProfiler
+
+QUICK = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
+
+
+def built_trainer(overrides, tmp_path):
+    cfg = compose_train(overrides, tmp_path)
+    validate(cfg)
+    resolve_precision(cfg)
+    return recipe.build_trainer(cfg, tmp_path, recipe.build_callbacks(cfg))
+
+
+def test_a_run_that_asks_for_no_profiler_gets_the_null_one(tmp_path):
+    assert type(built_trainer(QUICK, tmp_path).profiler) is NullProfiler
+
+
+def test_a_run_that_asks_for_a_profiler_gets_it_and_its_report_names_every_callback_hook(tmp_path):
+    cfg = compose_train([*QUICK, "+trainer.profiler=simple"], tmp_path / "run")
+    profiled = []
+    build_trainer = recipe.build_trainer
+
+    def recording(*args):
+        profiled.append(build_trainer(*args))
+        return profiled[-1]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(recipe, "build_trainer", recording)
+        recipe.train(cfg, tmp_path / "run")
+    assert isinstance(profiled[0].profiler, SimpleProfiler)
+    actions = profiled[0].profiler.recorded_durations
+    assert len(actions["[Callback]LearningRateLogger.on_train_batch_end"]) == 20
+    assert len(actions["[Callback]GradientClipping.on_before_optimizer_step"]) == 20
+    assert len(actions["[LightningModule]LanguageModel.optimizer_step"]) == 20
+
+
+def test_the_null_profiler_nests_and_records_nothing():
+    profiler = NullProfiler()
+    with profiler.profile("outer") as outer, profiler.profile("inner") as inner:
+        done = (outer, inner)
+    assert done == (None, None)
+    assert profiler.summary() == ""
+
+
+def test_hook_bookkeeping_skips_module_setattr_and_every_other_attribute_still_registers(monkeypatch):
+    module = LanguageModel(
+        model={"_target_": "tinytransformer.model.TinyTransformer", "vocab_size": 5, "block_size": 4,
+               "d_model": 8, "n_heads": 1, "n_layers": 1},
+        optimizer={"_target_": "torch.optim.AdamW"}, scheduler={}, tokenizer={}, token_char_lengths=[1] * 5,
+    )  # fmt: skip
+    through_module = []
+    module_setattr = torch.nn.Module.__setattr__
+
+    def counting(self, name, value):
+        if self is module:
+            through_module.append(name)
+        module_setattr(self, name, value)
+
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", counting)
+    module._current_fx_name = "training_step"
+    module.extra_head = torch.nn.Linear(2, 2)
+    module.extra_scale = torch.nn.Parameter(torch.ones(1))
+    module._train_sums = torch.full((3,), 2.0)
+    assert through_module == ["extra_head", "extra_scale", "_train_sums"]
+    assert module._current_fx_name == "training_step" and "_current_fx_name" in vars(module)
+    assert module.get_submodule("extra_head") is module.extra_head
+    assert dict(module.named_parameters())["extra_scale"] is module.extra_scale
+    assert torch.equal(module.state_dict()["_train_sums"], torch.full((3,), 2.0))
