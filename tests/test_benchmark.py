@@ -87,6 +87,15 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     expected += [trainer_tps[i] / ((plain_tps[i - 1] + plain_tps[i]) / 2) for i in (1, 2)]
     assert result["segment_ratios"] == pytest.approx(expected)
     assert result["ratio"] == pytest.approx(statistics.median(expected))
+    # Per step: each Trainer segment's step time minus its neighbours' mean.
+    trainer_s, plain_s = (
+        [seg.seconds / 5 for seg in result[f"{path}_segments"]] for path in ("trainer", "plain")
+    )
+    neighbours = [plain_s[0], (plain_s[0] + plain_s[1]) / 2, (plain_s[1] + plain_s[2]) / 2]
+    assert result["extra_step_s"] == pytest.approx(
+        statistics.median(t - p for t, p in zip(trainer_s, neighbours, strict=True))
+    )
+    assert result["plain_step_s"] == pytest.approx(statistics.median(neighbours))
     segments = (*result["trainer_segments"], *result["plain_segments"])
     assert all(seg.cpu_seconds > 0 for seg in segments) and result["cpu_ratio"] > 0
     report = format_report(result, "cpu-small").splitlines()
@@ -94,6 +103,10 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
         report[-1]
         == f"trainer_vs_plain={result['ratio']:.4f} tokens_per_s={result['trainer_tokens_per_s']:.0f}"
     )
+    own_time = (
+        f"the Trainer's own time: {result['extra_step_s'] * 1e3:+.2f} ms a step, against the plain loop's "
+    )
+    assert f"{own_time}{result['plain_step_s'] * 1e3:.2f} ms" in "\n".join(report)
     scaled = next(line for line in report if "scaled to this machine" in line)
     assert (
         f"Trainer {result['trainer_tokens_per_s'] / (26.9e3 * result['fp32_matmul_peak'] / 377e9):.2f}x"

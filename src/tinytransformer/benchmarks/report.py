@@ -68,6 +68,8 @@ def format_report(r: dict[str, Any], preset: str | None) -> str:
         f"Trainer {a0.last_loss:.4f}, plain {b0.last_loss:.4f}",
         f"tokens/s (median): Trainer {r['trainer_tokens_per_s']:,.0f}; plain {r['plain_tokens_per_s']:,.0f}; "
         f"Trainer/plain {r['ratio']:.3f} by wall clock, {r['cpu_ratio']:.3f} by CPU time (medians over segments)",
+        f"the Trainer's own time: {r['extra_step_s'] * 1e3:+.2f} ms a step, against the plain loop's "
+        f"{r['plain_step_s'] * 1e3:.2f} ms (median over segments)",
         f"FLOPs per token: {r['flops_per_token'] / 1e6:.3f} M = 6 x {r['non_embedding_params']:,} non-embedding "
         f"params + 12 x n_layers {m['n_layers']} x d_model {m['d_model']} x block {m['block_size']} "
         "(attention; the nanoGPT/PaLM estimate)",

@@ -150,10 +150,15 @@ class Interleaver(L.Callback):
         self._start = self._mark()
 
 
+def neighbour_means(b: list[float]) -> list[float]:
+    """For the i-th a segment, the mean of the b segments either side of it (b[i-1] before, b[i] after):
+    a drift that is linear over three segments cancels against it."""
+    return [statistics.fmean(b[max(i - 1, 0) : i + 1]) for i in range(len(b))]
+
+
 def neighbour_ratios(a: list[float], b: list[float]) -> list[float]:
-    """a[i] over the mean of the b segments either side of it (b[i-1] before, b[i] after): a drift that is
-    linear over three segments cancels."""
-    return [a[i] / statistics.fmean(b[max(i - 1, 0) : i + 1]) for i in range(len(a))]
+    """a[i] over the mean of the b segments either side of it."""
+    return [value / mean for value, mean in zip(a, neighbour_means(b), strict=True)]
 
 
 def compose_trainer_config(overrides: list[str], output_dir: Path):
@@ -263,6 +268,8 @@ def run_benchmark(
     cpu_ratios = neighbour_ratios(
         [1 / seg.cpu_seconds for seg in trainer], [1 / seg.cpu_seconds for seg in plain_segments]
     )
+    plain_step_s = neighbour_means([seg.seconds / steps for seg in plain_segments])
+    extra_step_s = [seg.seconds / steps - plain for seg, plain in zip(trainer, plain_step_s, strict=True)]
     model = build_model(recipe.model)
     return {
         "precision": cfg.trainer.precision,
@@ -283,6 +290,9 @@ def run_benchmark(
         "segment_ratios": ratios,
         "ratio": statistics.median(ratios),
         "cpu_ratio": statistics.median(cpu_ratios),
+        # What the Trainer adds to a step, against its neighbours (median): a fixed cost, whatever the model.
+        "extra_step_s": statistics.median(extra_step_s),
+        "plain_step_s": statistics.median(plain_step_s),
         "non_embedding_params": non_embedding_params(model),
         "flops_per_token": flops_per_token(model),
         "peak_flops": peak,
