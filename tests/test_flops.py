@@ -17,6 +17,7 @@ from tinytransformer.training.flops import (
     flops_per_token,
     gpu_peak,
     matmul_precision,
+    peak_flops,
 )
 
 
@@ -70,6 +71,17 @@ def test_gpu_peaks_are_the_datasheets_for_the_runs_precision():
     assert gpu_peak("NVIDIA H100 PCIe", "bf16") == 756e12  # the longer name first
     assert gpu_peak("NVIDIA A100-SXM4-80GB", "tf32") == 156e12
     assert gpu_peak("Some Future GPU", "bf16") is None
+    # Model names match as whole words: an L40 is not an L4, an A10G (not listed) not an A10.
+    assert gpu_peak("NVIDIA L40", "bf16") == 181e12
+    assert gpu_peak("NVIDIA L40S", "bf16") == 362e12
+    assert gpu_peak("NVIDIA L4", "bf16") == 121e12
+    assert gpu_peak("NVIDIA A10G", "bf16") is None
+    assert gpu_peak("NVIDIA A10", "bf16") == 125e12
+
+
+def test_a_device_with_no_datasheet_here_has_no_peak_rather_than_the_cpus(tmp_path):
+    assert peak_flops(torch.device("mps"), "fp32", tmp_path) == (None, "unknown for mps")
+    assert not (tmp_path / PEAK_FILE).exists()
     assert matmul_precision("bf16-mixed") == matmul_precision("16-mixed") == "bf16"
     assert matmul_precision("32-true") == "fp32"
 

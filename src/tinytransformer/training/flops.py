@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from tinytransformer.model import build_model
 from tinytransformer.runs import write_json_atomic
 
-# Dense (no sparsity) datasheet peaks, FLOP/s: name fragment -> {precision: peak}. The first fragment in
-# torch.cuda.get_device_name() wins, so the longer names come first.
+# Dense (no sparsity) datasheet peaks, FLOP/s: model name -> {precision: peak}. The first name found as
+# whole words in torch.cuda.get_device_name() wins ("NVIDIA L40" is not an L4, nor "NVIDIA A10G" an A10),
+# so the longer names come first.
 GPU_PEAKS = {
     "H200": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
     "H100": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
     "L40S": {"bf16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+    "L40": {"bf16": 181e12, "tf32": 90.5e12, "fp32": 90.5e12},
     "L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
     "A10": {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
 }
@@ -67,7 +70,9 @@ def matmul_precision(precision: str) -> str:
 
 
 def gpu_peak(device_name: str, precision: str) -> float | None:
-    peaks = next((p for name, p in GPU_PEAKS.items() if name in device_name), None)
+    peaks = next(
+        (p for name, p in GPU_PEAKS.items() if re.search(rf"\b{re.escape(name)}\b", device_name)), None
+    )
     return peaks.get(precision) if peaks else None
 
 
@@ -120,4 +125,6 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> tuple[f
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name, precision)
         return peak, f"{name}, dense {precision}, datasheet" if peak else f"unknown for {name}"
+    if device.type != "cpu":  # an Apple GPU (mps), an XPU, ...: no datasheet here, and the CPU's is not it
+        return None, f"unknown for {device.type}"
     return cached_cpu_peak(cache_dir, precision), f"CPU {precision} matmul, measured ({PEAK_FILE})"
