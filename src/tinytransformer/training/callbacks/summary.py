@@ -18,6 +18,16 @@ from tinytransformer.training.callbacks.resume import RunInterrupted
 from tinytransformer.training.callbacks.throughput import Throughput
 
 LN2 = math.log(2)
+# One job's speed: a resumed job starts without the checkpoint's, and records its own at its end or fault.
+SPEED_KEYS = (
+    "wall_s",
+    "tokens_per_s",
+    "train_tokens_per_s",
+    "mfu",
+    "flops_per_token",
+    "peak_flops",
+    "peak_source",
+)
 
 
 class RunSummary(L.Callback):
@@ -57,7 +67,8 @@ class RunSummary(L.Callback):
         # Into the state, after a checkpoint's was restored: this job's facts, and (with ddp_spawn) back to
         # the process that started fit(), as the launcher returns callback states.
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
-        self.state.pop("stop_reason", None)
+        for key in ("stop_reason", *SPEED_KEYS):  # a checkpoint's are an earlier job's
+            self.state.pop(key, None)
         self.state.update(self._facts, status=RUNNING, threads=torch.get_num_threads())
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
@@ -84,12 +95,7 @@ class RunSummary(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.state["steps"] = trainer.global_step
         self.state["stop_reason"] = stop_reason(trainer)
-        if self._fit_start is not None:
-            wall = time.perf_counter() - self._fit_start
-            tokens = (trainer.global_step - self._start_step) * trainer.datamodule.tokens_per_step(trainer)
-            self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
-            for meter in (c for c in trainer.callbacks if isinstance(c, Throughput)):
-                self.state.update(meter.summary(trainer))
+        self._record_speed(trainer)
         self.write(trainer)
 
     def on_exception(
@@ -98,7 +104,18 @@ class RunSummary(L.Callback):
         self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
         self.state["steps"] = trainer.global_step
         self.state["status"] = INTERRUPTED if isinstance(exception, RunInterrupted) else FAILED
+        self._record_speed(trainer)  # up to the fault
         self.write(trainer)
+
+    def _record_speed(self, trainer: L.Trainer) -> None:
+        """This job's speed since its fit started (SPEED_KEYS)."""
+        if self._fit_start is None:
+            return
+        wall = time.perf_counter() - self._fit_start
+        tokens = (trainer.global_step - self._start_step) * trainer.datamodule.tokens_per_step(trainer)
+        self.state.update(wall_s=round(wall, 3), tokens_per_s=round(tokens / max(wall, 1e-9), 1))
+        for meter in (c for c in trainer.callbacks if isinstance(c, Throughput)):
+            self.state.update(meter.summary(trainer))
 
     def summary(self) -> dict[str, Any]:
         return {**self.static, **self.state}
