@@ -73,7 +73,7 @@ def test_the_summary_does_not_call_noise_overfitting(final_val_loss, steps):
     assert "rose" not in summary and "overfitting" not in summary
 
 
-@pytest.mark.parametrize(("bpc", "gap"), [(0.3589, "+0.6 %"), (0.3550, "-0.5 %")])
+@pytest.mark.parametrize(("bpc", "gap"), [(0.3589, "+0.6 %"), (0.3550, "-0.5 %"), (0.35689, "+0.0 %")])
 def test_the_summary_gives_the_gap_to_the_entropy_floor_with_its_sign(bpc, gap):
     r = {**RESULTS, "best_val_bpc": bpc, "entropy_floor_bpc": 0.3569, "final_val_loss": 1.0, "steps": 100}
     assert f"entropy floor 0.3569 bits/char ({gap})" in format_summary(r, Path("run"))

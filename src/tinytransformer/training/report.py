@@ -13,7 +13,7 @@ def format_summary(r: dict[str, Any], output_dir: Path) -> str:
     if r.get("best_val_loss") is not None:
         line = f"best val loss {r['best_val_loss']:.4f} ({r['best_val_bpc']:.4f} bits/char) at step {r['best_step']}"
         if "entropy_floor_bpc" in r:
-            gap = 100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1)
+            gap = round(100 * (r["best_val_bpc"] / r["entropy_floor_bpc"] - 1), 1) + 0.0  # -0.0 -> 0.0
             line += f"; entropy floor {r['entropy_floor_bpc']:.4f} bits/char ({gap:+.1f} %)"
         lines.append(line)
         lines += overfitting_lines(r)
