@@ -73,6 +73,25 @@ def test_bf16_activations_get_bf16_masks_with_the_right_drop_rate():
     assert set(y.unique().float().tolist()) == {0.0, 1.25}
 
 
+def test_compiled_dropout_draws_the_eager_masks_and_is_off_in_eval():
+    """model.compile=true: Inductor must neither change the masks (their rate, scale and seed) nor the
+    full int64 range of their random bits."""
+    layer = Dropout(0.25)
+    compiled = torch.compile(layer)
+    x = torch.ones(N)
+    try:
+        torch.manual_seed(4)
+        y = compiled(x)
+        torch.manual_seed(4)
+        assert torch.equal(y, layer(x))
+        assert abs((y == 0).double().mean().item() - 0.25) < five_sigma(0.25, N)
+        assert set(y.unique().tolist()) == {0.0, torch.tensor(4 / 3).item()}  # 4/3 in fp32
+        layer.eval()
+        assert torch.equal(compiled(x), x)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_other_devices_and_ps_finer_than_16_bits_keep_torchs_own_dropout(monkeypatch):
     seen = []
     monkeypatch.setattr(F, "dropout", lambda x, p, training: seen.append((x.device.type, p)) or x)
