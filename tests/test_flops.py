@@ -77,13 +77,15 @@ def test_gpu_peaks_are_the_datasheets_for_the_runs_precision():
     assert gpu_peak("NVIDIA L4", "bf16") == 121e12
     assert gpu_peak("NVIDIA A10G", "bf16") is None
     assert gpu_peak("NVIDIA A10", "bf16") == 125e12
+    assert gpu_peak("NVIDIA GH200 480GB", "bf16") == 989e12  # Grace Hopper: an H100-class GPU
+    assert gpu_peak("NVIDIA H200", "fp32") == 66.9e12
+    assert matmul_precision("bf16-mixed") == matmul_precision("16-mixed") == "bf16"
+    assert matmul_precision("32-true") == "fp32"
 
 
 def test_a_device_with_no_datasheet_here_has_no_peak_rather_than_the_cpus(tmp_path):
     assert peak_flops(torch.device("mps"), "fp32", tmp_path) == (None, "unknown for mps")
     assert not (tmp_path / PEAK_FILE).exists()
-    assert matmul_precision("bf16-mixed") == matmul_precision("16-mixed") == "bf16"
-    assert matmul_precision("32-true") == "fp32"
 
 
 def test_a_cpu_peak_is_measured_once_per_machine_and_precision_then_read_from_the_cache(

@@ -29,6 +29,7 @@ from tinytransformer.runs import write_json_atomic
 # whole words in torch.cuda.get_device_name() wins ("NVIDIA L40" is not an L4, nor "NVIDIA A10G" an A10),
 # so the longer names come first.
 GPU_PEAKS = {
+    "GH200": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H200": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
     "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
     "H100": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
