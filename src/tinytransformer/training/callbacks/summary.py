@@ -49,7 +49,8 @@ class RunSummary(L.Callback):
         self.static: dict[str, Any] = {}  # added after fit() by the recipe: the test results, best_ckpt_path
         self.started = job_start_time() if started is None else started
         self._facts: dict[str, Any] = {}
-        self._fit_start: float | None = None
+        self._fit_start: float | None = None  # while training
+        self._fit_ended = False
         self._start_step = 0
         self._timed_startup = False
 
@@ -67,8 +68,8 @@ class RunSummary(L.Callback):
         # Into the state, after a checkpoint's was restored: this job's facts, and (with ddp_spawn) back to
         # the process that started fit(), as the launcher returns callback states.
         self._fit_start, self._start_step = time.perf_counter(), trainer.global_step
-        for key in ("stop_reason", *SPEED_KEYS):  # a checkpoint's are an earlier job's
-            self.state.pop(key, None)
+        self.state.pop("stop_reason", None)
+        self._drop_speed()
         self.state.update(self._facts, status=RUNNING, threads=torch.get_num_threads())
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
@@ -96,6 +97,7 @@ class RunSummary(L.Callback):
         self.state["steps"] = trainer.global_step
         self.state["stop_reason"] = stop_reason(trainer)
         self._record_speed(trainer)
+        self._fit_start, self._fit_ended = None, True  # a fault in testing after it keeps the fit's speed
         self.write(trainer)
 
     def on_exception(
@@ -104,8 +106,16 @@ class RunSummary(L.Callback):
         self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
         self.state["steps"] = trainer.global_step
         self.state["status"] = INTERRUPTED if isinstance(exception, RunInterrupted) else FAILED
-        self._record_speed(trainer)  # up to the fault
+        if self._fit_start is not None:
+            self._record_speed(trainer)  # up to the fault
+        elif not self._fit_ended:  # before training began
+            self._drop_speed()
         self.write(trainer)
+
+    def _drop_speed(self) -> None:
+        """No speed yet: a restored checkpoint's is an earlier job's."""
+        for key in SPEED_KEYS:
+            self.state.pop(key, None)
 
     def _record_speed(self, trainer: L.Trainer) -> None:
         """This job's speed since its fit started (SPEED_KEYS)."""

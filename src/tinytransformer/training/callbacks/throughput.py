@@ -61,6 +61,7 @@ class Throughput(OptimizerStepCallback):
     def summary(self, trainer: L.Trainer) -> dict:
         """This job's figures for metrics.json: over its training steps, validation left out (called at
         the end of the fit, it counts the steps since the last log step too)."""
+        self._end_pause()  # a fault mid-validation: that validation is not training time either
         self._close_window(trainer.global_step)
         seconds, steps = self._trained
         tokens_per_s = steps * trainer.datamodule.tokens_per_step(trainer) / seconds if seconds > 0 else None
@@ -92,6 +93,9 @@ class Throughput(OptimizerStepCallback):
         self._validation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end_pause()
+
+    def _end_pause(self) -> None:
         if self._validation_start is not None:
             self._paused += time.perf_counter() - self._validation_start
             self._validation_start = None
