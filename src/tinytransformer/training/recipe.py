@@ -182,7 +182,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     # ours (`~callbacks.last_checkpoint`, callbacks=none) gets none.
     kwargs.setdefault("enable_checkpointing", any(isinstance(c, Checkpoint) for c in callbacks))
     kwargs.setdefault("enable_progress_bar", any(isinstance(c, ProgressBar) for c in callbacks))
-    if kwargs.get("profiler") is None:
+    if not kwargs.get("profiler"):  # none asked for (null, false): Lightning's no-op one, at no cost
         kwargs["profiler"] = NullProfiler()
     if on_gpu(kwargs["accelerator"]):
         torch.set_float32_matmul_precision("high")  # TF32 for whatever runs outside bf16 autocast
