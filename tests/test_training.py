@@ -1,8 +1,10 @@
 import collections
+import gc
 import json
 import re
 import time
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.config import validate
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import precision
+from tinytransformer.training import precision, recipe
 from tinytransformer.training.callbacks import StepProgressBar
 from tinytransformer.training.recipe import train
 
@@ -100,6 +102,36 @@ def test_a_bf16_mixed_cpu_run_records_its_precision_and_learns(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["precision"] == "bf16-mixed"
     assert metrics["entropy_floor_bpc"] < results["best_val_bpc"] < 4.6
+
+
+def frozen_at_train_start(tmp_path, monkeypatch) -> list[int]:
+    """Trains a short run; the number of objects gc had frozen when its training started."""
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(gc.get_freeze_count())
+
+    build_callbacks = recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda cfg: [*build_callbacks(cfg), Watch()])
+    train(compose_train([*TINY_RUN, "trainer.max_steps=2", "test=false"], tmp_path), tmp_path)
+    return seen
+
+
+def test_a_fit_leaves_the_setup_objects_out_of_full_collections_and_frees_them_after(tmp_path, monkeypatch):
+    assert gc.get_freeze_count() == 0
+    assert frozen_at_train_start(tmp_path, monkeypatch)[0] > 10_000  # torch, Lightning, the model, ...
+    assert gc.get_freeze_count() == 0  # unfrozen: their garbage is collected as before
+
+
+def test_a_process_that_froze_objects_itself_keeps_them_frozen(tmp_path, monkeypatch):
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        frozen_at_train_start(tmp_path, monkeypatch)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_precision_auto_is_resolved_before_anything_records_it(tmp_path):

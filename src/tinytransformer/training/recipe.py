@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     module = build_module(cfg, dm, ckpt)
     del ckpt  # fit() loads it again: no second copy of the weights is held while training
     trainer = build_trainer(cfg, output_dir, build_callbacks(cfg))
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    with setup_objects_frozen():
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     best = best_checkpoint(trainer)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     # Without a RunSummary (callbacks=none) a run knows only where it stopped.
@@ -87,6 +91,23 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     if trainer.is_global_zero:
         log.info(format_summary(results, output_dir))
     return results
+
+
+@contextmanager
+def setup_objects_frozen() -> Iterator[None]:
+    """Leave the objects made before fit() out of Python's full garbage collections during it.
+
+    ~440k objects (torch, Lightning, Hydra, the data) exist when a fit starts, and each full collection
+    walks them all: 115 ms here, 7 times in a default run (0.8 s of its 134 s; 0.2 s frozen). Unfrozen after
+    the fit, garbage among them is collected as before; a process that froze objects itself keeps them so.
+    """
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> TextDataModule:
