@@ -1,6 +1,8 @@
 """MFU's two halves: training FLOPs per token, counted for any model, and the peak it is divided by."""
 
 import json
+import re
+import time
 
 import pytest
 import torch
@@ -30,6 +32,12 @@ class OneLayerLM(nn.Module):
 
     def forward(self, idx):
         return self.head(self.embed(idx))
+
+
+def busy_for(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def test_a_models_flops_are_counted_six_per_weight_for_a_linear_head():
@@ -92,9 +100,13 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_precision_then_read_from_th
     tmp_path, monkeypatch
 ):
     measured = []
-    monkeypatch.setattr(
-        flops, "measure_cpu_peak", lambda dtype: measured.append(dtype) or 1e11 * len(measured)
-    )
+
+    def measure(dtype):  # as a matmul does: the process's threads busy all along (tests run 1 thread)
+        busy_for(0.02)
+        measured.append(dtype)
+        return 1e11 * len(measured)
+
+    monkeypatch.setattr(flops, "measure_cpu_peak", measure)
     assert cached_cpu_peak(tmp_path, "fp32") == 1e11
     assert cached_cpu_peak(tmp_path, "fp32") == 1e11  # cached
     assert cached_cpu_peak(tmp_path, "bf16") == 2e11  # another dtype: measured
@@ -105,6 +117,22 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_precision_then_read_from_th
     (tmp_path / PEAK_FILE).write_text("{not json")  # damaged: measured again, and the cache rewritten
     assert cached_cpu_peak(tmp_path, "fp32") == 3e11
     assert json.loads((tmp_path / PEAK_FILE).read_text()) == {cpu_key("fp32"): 3e11}
+
+
+def test_a_cpu_peak_measured_while_other_processes_held_the_cores_is_used_but_not_cached(
+    tmp_path, monkeypatch, caplog
+):
+    def contended(dtype):  # the process waits for its cores half the time
+        busy_for(0.02)
+        time.sleep(0.02)
+        return 5e10
+
+    monkeypatch.setattr(flops, "measure_cpu_peak", contended)
+    assert cached_cpu_peak(tmp_path, "fp32") == 5e10
+    assert not (tmp_path / PEAK_FILE).exists()
+    (message,) = [r.getMessage() for r in caplog.records if "CPU peak" in r.getMessage()]
+    assert "other processes held some of the cores (5e+10 FLOP/s" in message and "not cached" in message
+    assert re.search(r"this process had [3-7]\d % of the time of torch's 1 threads", message), message
 
 
 def test_the_measured_cpu_peak_is_a_plausible_figure():
