@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import TINY_RUN, compose_train, run_cli, start_cli, wait_until
 
+from tinytransformer.training.callbacks import RunSummary
 from tinytransformer.training.callbacks.hparams import mark_restart
+from tinytransformer.training.callbacks.resume import LastCheckpoint
+from tinytransformer.training.recipe import train
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
 RUN = [
@@ -123,3 +126,22 @@ def test_resume_keeps_the_earlier_config_files(tmp_path):
         "; scheduler.on_resume=rebuild would use this config's cosine schedule (planned for 250 steps)"
         in line
     )
+
+
+def test_a_run_killed_after_its_final_validation_resumes_to_a_summary_that_says_why_it_stopped(
+    tmp_path, monkeypatch
+):
+    # The kill window: last.ckpt saved after the final validation, then no on_train_end.
+    with monkeypatch.context() as m:
+        m.setattr(RunSummary, "on_train_end", lambda *args: None)
+        m.setattr(LastCheckpoint, "on_train_end", lambda *args: None)
+        train(compose_train([*TINY_RUN, "test=false"], tmp_path), tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)  # as the final validation left it
+    summary = saved["callbacks"]["RunSummary"]
+    assert (saved["global_step"], summary["status"], "stop_reason" in summary) == (40, "running", False)
+
+    results = train(compose_train([*TINY_RUN, "test=false"], tmp_path), tmp_path, ckpt_path=str(last))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert results["stop_reason"] == metrics["stop_reason"] == "max_steps"
+    assert (metrics["status"], metrics["steps"]) == ("finished", 40)

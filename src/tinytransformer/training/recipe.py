@@ -73,6 +73,10 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     best = best_checkpoint(trainer)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    if summary and "stop_reason" not in summary.state:
+        # Resumed at its last step (killed after its final validation saved last.ckpt): fit() had no step
+        # to run and called no on_train_end.
+        summary.state["stop_reason"] = stop_reason(trainer)
     # Without a RunSummary (callbacks=none) a run knows only where it stopped.
     results = (
         summary.summary() if summary else {"steps": trainer.global_step, "stop_reason": stop_reason(trainer)}
