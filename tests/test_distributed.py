@@ -191,6 +191,22 @@ def test_ddp_cpu_writes_one_run_dir_from_rank_zero_only(ddp_run):
 
 
 @pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_one_line(log_dir):
+    """Step 10 is a log step, where the loss sums are checked: rank 1's is NaN, rank 0's is not."""
+    fault = "+callbacks.nan_on_rank_1"
+    result = run_cli(
+        "train.py", "trainer=ddp_cpu", *SHORT, "trainer.max_steps=40", f"paths.log_dir={log_dir}",
+        f"{fault}._target_=tests.fault_callbacks.NonFiniteLossOnOneRank", f"{fault}.rank=1", f"{fault}.step=10",
+        timeout=180, env={"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode != 0
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: non-finite training loss (nan) at a step in 1..10"), line
+    assert "Traceback" not in result.stderr
+    assert metrics(run_dirs(log_dir)[0])["stop_reason"] == "non_finite_loss"
+
+
+@pytest.mark.slow
 def test_two_processes_and_one_with_the_same_global_batch_reach_the_same_val_loss(ddp_run, log_dir):
     run_dir, _ = ddp_run
     single = run_cli("train.py", *COMPARED, "data.batch_size=64", "logger=none", f"paths.log_dir={log_dir}")

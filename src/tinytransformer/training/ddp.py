@@ -27,8 +27,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerStatus
 
+from tinytransformer.errors import UserError
 from tinytransformer.training.callbacks.resume import LastCheckpoint, RunInterrupted
 from tinytransformer.training.launch import launcher_world
+from tinytransformer.training.lightning_module import NonFiniteLoss
 
 
 def launch_settings(trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +99,7 @@ class _CallbackStateLauncher(_MultiProcessingLauncher):
         if trainer is not None:
             function = functools.partial(_report_errors, function, trainer)
         try:
-            return super().launch(function, *args, trainer=trainer, **kwargs)
+            result = super().launch(function, *args, trainer=trainer, **kwargs)
         except Exception:
             if trainer is None:
                 raise
@@ -110,6 +112,20 @@ class _CallbackStateLauncher(_MultiProcessingLauncher):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if isinstance(result, _Failed):
+            trainer.callbacks = []  # the workers ran them, as above
+            raise result.exception
+        return result
+
+
+class _Failed:
+    """What a worker returns instead of raising an error meant for the user: every rank returns it (they
+    stop together), the main process raises it, and the user reads one line instead of every worker's
+    traceback. A plain class: Lightning sends a worker's results through move_data_to_device, which
+    rebuilds dataclasses."""
+
+    def __init__(self, exception: UserError | NonFiniteLoss):
+        self.exception = exception
 
 
 def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> Any:
@@ -126,4 +142,6 @@ def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> A
         trainer.strategy.on_exception(exception)
         for logger in trainer.loggers:
             logger.finalize("failed")
+        if isinstance(exception, UserError | NonFiniteLoss):
+            return _Failed(exception)
         raise

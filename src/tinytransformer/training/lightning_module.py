@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from tinytransformer.data.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.model import build_model
@@ -23,11 +24,15 @@ class NonFiniteLoss(Exception):
     stop_reason = "non_finite_loss"
 
     def __init__(self, first_step: int, last_step: int, lr: float, loss: float):
+        self.details = (first_step, last_step, lr, loss)
         steps = f"step {last_step}" if first_step >= last_step else f"a step in {first_step}..{last_step}"
         super().__init__(
             f"non-finite training loss ({loss}) at {steps} (lr {lr:.3g}); stopped, keeping the last good "
             "last.ckpt if one was written. Lower optimizer.lr, or clip gradients (callbacks.gradient_clipping.max_norm)"
         )
+
+    def __reduce__(self):  # pickled from a spawned DDP worker to the main process
+        return type(self), self.details
 
 
 class LanguageModel(L.LightningModule):
@@ -76,6 +81,8 @@ class LanguageModel(L.LightningModule):
         # checkpoints and validation.
         self.register_buffer("_train_sums", torch.zeros(3))
         self.register_buffer("_one", torch.ones(()), persistent=False)
+        # Each rank's own sums: DDP would copy rank 0's buffers over the others' before every forward.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["_train_sums"])
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -131,8 +138,13 @@ class LanguageModel(L.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def check_finite(self) -> None:
-        """Raise NonFiniteLoss if a training loss since the last check was NaN or infinite (syncs once)."""
-        loss_sum = float(self._train_sums[0])
+        """Raise NonFiniteLoss if a training loss since the last check was NaN or infinite, on any process.
+
+        Syncs once; with several processes, the loss sums are all-reduced first, so that every rank stops
+        together (one that stopped alone would leave the others waiting at their next collective until
+        the process group times out). Every rank calls this at the same steps.
+        """
+        loss_sum = float(self.trainer.strategy.reduce(self._train_sums[0].clone(), reduce_op="sum"))
         if not math.isfinite(loss_sum):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)

@@ -1,0 +1,19 @@
+"""Faults injected into a real run from the command line (`+callbacks.<name>._target_=tests.fault_callbacks.<class>`,
+with the repo root on PYTHONPATH), where patching in the test process cannot reach: spawned DDP workers."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+
+
+class NonFiniteLossOnOneRank(L.Callback):
+    """Makes `rank`'s training loss sum NaN during step `step`, the other ranks' staying finite."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step - 1:
+            pl_module._train_sums[0] = math.nan
