@@ -68,25 +68,31 @@ def interpreter_env_differs(env: dict) -> bool:
 
 
 def start_cli(
-    script: str, *args: str, output=subprocess.DEVNULL, env: dict | None = None, stderr=None
+    script: str,
+    *args: str,
+    output=subprocess.DEVNULL,
+    env: dict | None = None,
+    stderr=None,
+    fresh: bool = False,
 ) -> subprocess.Popen | ForkedProcess:
     """Start scripts/<script> as a user would, in the background, with 1 torch thread so it never fights
     the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate()).
-    The process is forked from the fork server, which has torch and Lightning imported already."""
+    The process is forked from the fork server, which has torch and Lightning imported already, unless
+    `fresh` (a new interpreter: the processes a forked one spawns inherit the server's -W ignore)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     if stderr is None:
         stderr = subprocess.STDOUT if output == subprocess.PIPE else output
     command = [sys.executable, str(ROOT / "scripts" / script), *args]
-    if not interpreter_env_differs(full_env) and (server := fork_server()) is not None:
+    if not fresh and not interpreter_env_differs(full_env) and (server := fork_server()) is not None:
         return ForkedProcess(server, command, stdout=output, stderr=stderr, env=full_env, cwd=ROOT)
     return subprocess.Popen(command, stdout=output, stderr=stderr, text=True, env=full_env, cwd=ROOT)
 
 
 def run_cli(
-    script: str, *args: str, timeout: float = 300, env: dict | None = None
+    script: str, *args: str, timeout: float = 300, env: dict | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess:
     """Run scripts/<script> as a user would, to its end: its exit code, stdout and stderr."""
-    proc = start_cli(script, *args, output=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = start_cli(script, *args, output=subprocess.PIPE, stderr=subprocess.PIPE, env=env, fresh=fresh)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

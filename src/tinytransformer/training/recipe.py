@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ from tinytransformer.model import DEFAULT_MODEL
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
 from tinytransformer.training.callbacks import BestCheckpoint, RunSummary
-from tinytransformer.training.callbacks.processes import log_lightning_via_root
+from tinytransformer.training.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
 from tinytransformer.training.callbacks.summary import stop_reason
 from tinytransformer.training.ddp import launch_settings
@@ -42,17 +41,8 @@ from tinytransformer.upgrades import upgrade
 log = logging.getLogger(__name__)
 
 
-class _DropAdverts(logging.Filter):
-    """Lightning prints product tips on every run; they are not about the user's run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+quiet_lightning_notices()
 log_lightning_via_root()
-# Lightning 2.6 calls a torch API that torch 2.13 deprecates, once per run: not the user's concern.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:

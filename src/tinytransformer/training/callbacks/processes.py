@@ -8,6 +8,7 @@ import logging.config
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,29 @@ def log_lightning_via_root() -> None:
         logging.getLogger(name).propagate = True
 
 
+class _DropAdverts(logging.Filter):
+    """Lightning prints product tips on every run; they are not about the user's run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_lightning_notices() -> None:
+    """Leave out what Lightning prints that is not about the user's run, in this process (every rank's)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERTS)
+    # Lightning 2.6 calls a torch API that torch 2.13 deprecates, once per run.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Under DDP, Lightning asks for sync_dist on every epoch-level value; these are the same on every rank
+    # already (torchmetrics' compute() gathers all ranks' states, the best val loss follows from them, and
+    # every rank clips the same averaged gradients).
+    warnings.filterwarnings(
+        "ignore", message=r"It is recommended to use `self\.log\('(val/|test/|train/clip_)"
+    )
+
+
+_DROP_ADVERTS = _DropAdverts()
+
+
 class ProcessSetup(L.Callback):
     """Sets each rank's torch thread count and gives a spawned rank 0 the run's log handlers.
 
@@ -37,6 +61,7 @@ class ProcessSetup(L.Callback):
         self.logging_config = job_logging() if logging_config is None else logging_config
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        quiet_lightning_notices()  # a spawned process imported Lightning afresh
         if self.threads:
             torch.set_num_threads(self.threads)
         if trainer.is_global_zero and not logging.getLogger().handlers:  # a spawned process
