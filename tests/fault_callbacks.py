@@ -4,8 +4,11 @@ with the repo root on PYTHONPATH), where patching in the test process cannot rea
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 
 class NonFiniteLossOnOneRank(L.Callback):
@@ -17,3 +20,13 @@ class NonFiniteLossOnOneRank(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step - 1:
             pl_module._train_sums[0] = math.nan
+
+
+class KillAfterFinalValidation(Checkpoint):
+    """SIGKILLs the run right after its final validation saved last.ckpt, before any on_train_end. A
+    Checkpoint only so that its hooks run after LastCheckpoint's: Lightning moves checkpoint callbacks to
+    the end of the list, in their order."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.global_step == trainer.max_steps:
+            os.kill(os.getpid(), signal.SIGKILL)

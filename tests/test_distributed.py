@@ -216,6 +216,22 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_one_line(log_dir):
 
 
 @pytest.mark.slow
+def test_a_run_killed_after_its_final_validation_resumes_under_ddp_spawn_to_why_it_stopped(log_dir):
+    killed = run_cli(
+        "train.py", "trainer=ddp_cpu", *SHORT, f"paths.log_dir={log_dir}",
+        "+callbacks.kill._target_=tests.fault_callbacks.KillAfterFinalValidation",
+        env={"PYTHONPATH": str(ROOT)}, timeout=180,
+    )  # fmt: skip
+    assert killed.returncode != 0 and "stopped:" not in killed.stdout  # the workers were killed
+    (run_dir,) = run_dirs(log_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 40
+    resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.kill", timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stopped: max_steps after 40 steps" in resumed.stdout
+    assert (metrics(run_dir)["stop_reason"], metrics(run_dir)["status"]) == ("max_steps", "finished")
+
+
+@pytest.mark.slow
 def test_two_processes_and_one_with_the_same_global_batch_reach_the_same_val_loss(ddp_run, log_dir):
     run_dir, *_ = ddp_run
     single = run_cli("train.py", *COMPARED, "data.batch_size=64", "logger=none", f"paths.log_dir={log_dir}")
