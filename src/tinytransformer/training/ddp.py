@@ -27,7 +27,6 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from tinytransformer.errors import UserError
 from tinytransformer.training.callbacks.resume import LastCheckpoint, RunInterrupted
 from tinytransformer.training.launch import launcher_world
 from tinytransformer.training.lightning_module import NonFiniteLoss
@@ -119,12 +118,13 @@ class _CallbackStateLauncher(_MultiProcessingLauncher):
 
 
 class _Failed:
-    """What a worker returns instead of raising an error meant for the user: every rank returns it (they
-    stop together), the main process raises it, and the user reads one line instead of every worker's
-    traceback. A plain class: Lightning sends a worker's results through move_data_to_device, which
-    rebuilds dataclasses."""
+    """What a worker returns instead of raising a NonFiniteLoss: every rank returns it (they stop together),
+    the main process raises it, and the user reads one line instead of every worker's traceback. Only for
+    an error every rank raises at the same step: a worker that returned while the others trained on would
+    leave them waiting at their next collective. A plain class: Lightning sends a worker's results through
+    move_data_to_device, which rebuilds dataclasses."""
 
-    def __init__(self, exception: UserError | NonFiniteLoss):
+    def __init__(self, exception: NonFiniteLoss):
         self.exception = exception
 
 
@@ -142,6 +142,6 @@ def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> A
         trainer.strategy.on_exception(exception)
         for logger in trainer.loggers:
             logger.finalize("failed")
-        if isinstance(exception, UserError | NonFiniteLoss):
+        if isinstance(exception, NonFiniteLoss):  # raised on every rank at once (check_finite all-reduces)
             return _Failed(exception)
-        raise
+        raise  # torch stops the other workers at once
