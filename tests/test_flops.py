@@ -1,6 +1,7 @@
 """MFU's two halves: training FLOPs per token, counted for any model, and the peak it is divided by."""
 
 import json
+import os
 import re
 import time
 
@@ -132,7 +133,29 @@ def test_a_cpu_peak_measured_while_other_processes_held_the_cores_is_used_but_no
     assert not (tmp_path / PEAK_FILE).exists()
     (message,) = [r.getMessage() for r in caplog.records if "CPU peak" in r.getMessage()]
     assert "other processes held some of the cores (5e+10 FLOP/s" in message and "not cached" in message
-    assert re.search(r"this process had [3-7]\d % of the time of torch's 1 threads", message), message
+    assert re.search(r"this process had [3-7]\d % of the time of its 1 CPUs", message), message
+
+
+def test_a_cpu_quota_below_torchs_threads_is_not_taken_for_contention(tmp_path, monkeypatch):
+    def alone_on_one_cpu(dtype):
+        busy_for(0.02)
+        return 5e10
+
+    monkeypatch.setattr(flops, "measure_cpu_peak", alone_on_one_cpu)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # torch sees the host's cores
+    monkeypatch.setattr(flops, "available_cpus", lambda: 1)  # the container may use one
+    assert cached_cpu_peak(tmp_path, "fp32") == 5e10
+    assert json.loads((tmp_path / PEAK_FILE).read_text()) == {cpu_key("fp32"): 5e10}
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"), [("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)]
+)
+def test_available_cpus_are_the_affinity_capped_by_a_cgroup_quota(tmp_path, cpu_max, cap):
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert flops.available_cpus(tmp_path / "cpu.max") == min(affinity, cap or affinity)
+    assert flops.available_cpus(tmp_path / "none") == affinity
 
 
 def test_the_measured_cpu_peak_is_a_plausible_figure():

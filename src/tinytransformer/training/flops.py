@@ -109,6 +109,19 @@ def cpu_key(precision: str) -> str:
     return f"{model} | {os.cpu_count()} CPUs | {torch.get_num_threads()} threads | {precision} | torch {torch.__version__}"
 
 
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's --cpus,
+    which torch's thread count does not see)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return count
+
+
 def cached_cpu_peak(cache_dir: Path, precision: str) -> float:
     """This machine's CPU peak in `precision` (bf16 or fp32), measured on first use and cached."""
     path = Path(cache_dir) / PEAK_FILE
@@ -121,13 +134,13 @@ def cached_cpu_peak(cache_dir: Path, precision: str) -> float:
         return float(cached[key])
     cpu_s, wall_s = time.process_time(), time.perf_counter()
     peak = measure_cpu_peak(torch.bfloat16 if precision == "bf16" else torch.float32)
-    threads = torch.get_num_threads()
-    share = (time.process_time() - cpu_s) / max((time.perf_counter() - wall_s) * threads, 1e-9)
+    cpus = min(torch.get_num_threads(), available_cpus())
+    share = (time.process_time() - cpu_s) / max((time.perf_counter() - wall_s) * cpus, 1e-9)
     if share < HELD_SHARE:
         log.warning(
             "CPU peak measured while other processes held some of the cores (%.3g FLOP/s; this process had "
-            "%.0f %% of the time of torch's %d threads): used for this run's MFU, not cached",
-            peak, 100 * share, threads,
+            "%.0f %% of the time of its %d CPUs): used for this run's MFU, not cached",
+            peak, 100 * share, cpus,
         )  # fmt: skip
         return peak
     try:
