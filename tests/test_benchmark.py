@@ -8,9 +8,8 @@ from tinytransformer.benchmarks.dropout import format_dropout_report, run_dropou
 from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
 from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
 from tinytransformer.benchmarks.report import format_report
+from tinytransformer.benchmarks.trainer_path import benchmark_overrides, compose_trainer_config
 from tinytransformer.benchmarks.training import (
-    benchmark_overrides,
-    compose_trainer_config,
     flops_per_token,
     non_embedding_params,
     preset_overrides,

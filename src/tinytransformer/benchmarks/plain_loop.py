@@ -1,6 +1,6 @@
 """The training benchmark's path (b): a plain PyTorch loop, written as a user would write it by hand.
 
-It trains what the Trainer path (benchmarks/training.py) trains: the same model, batches, optimizer,
+It trains what the Trainer path (benchmarks/trainer_path.py) trains: the same model, batches, optimizer,
 schedule, clipping and precision, taken from that path's own resolved settings, with no Lightning at all.
 `Segment` is what one timed stretch of either path records.
 """
