@@ -2,10 +2,11 @@
 
 Path (a), in trainer_path.py, is what `scripts/train.py` runs: conf/train.yaml composed with overrides,
 then the package's own builders (callbacks, TensorBoard, progress bar). Path (b), in plain_loop.py, is a
-bare loop over the same model, batches, optimizer, schedule and clipping. Both run in one fit of path (a): its Interleaver callback
-runs path (b) between segments of path (a), so `pairs` short segments alternate a b a b ...; each Trainer
-segment is compared with the plain segments either side of it, and the median of those ratios is the
-figure (this machine's speed drifts by up to 2x over minutes, never much within a few seconds).
+bare loop over the same model, batches, optimizer, schedule and clipping. Both run in one fit of path (a):
+its Interleaver callback runs path (b) between segments of path (a), so `pairs` short segments alternate
+a b a b ...; each Trainer segment is compared with the plain segments either side of it, and the median
+of those ratios is the figure (this machine's speed drifts by up to 2x over minutes, never much within a
+few seconds).
 """
 
 from __future__ import annotations
