@@ -63,12 +63,6 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     best = best_checkpoint(trainer)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
-    if summary and "stop_reason" not in summary.state:
-        # Resumed at its last step (killed after its final validation saved last.ckpt): fit() had no step
-        # to run and called no on_train_end. Under ddp_spawn this process never stepped: the summary's
-        # step count is the workers'.
-        steps = max(trainer.global_step, summary.state.get("steps", 0))
-        summary.state["stop_reason"] = "max_steps" if 0 < trainer.max_steps <= steps else stop_reason(trainer)
     # Without a RunSummary (callbacks=none) a run knows only where it stopped.
     results = (
         summary.summary() if summary else {"steps": trainer.global_step, "stop_reason": stop_reason(trainer)}

@@ -32,6 +32,9 @@ class _DropAdverts(logging.Filter):
         return "Tip:" not in str(record.msg)
 
 
+_DROP_ADVERTS = _DropAdverts()
+
+
 def quiet_lightning_notices() -> None:
     """Leave out what Lightning prints that is not about the user's run, in this process (every rank's)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERTS)
@@ -43,9 +46,6 @@ def quiet_lightning_notices() -> None:
     warnings.filterwarnings(
         "ignore", message=r"It is recommended to use `self\.log\('(val/|test/|train/clip_)"
     )
-
-
-_DROP_ADVERTS = _DropAdverts()
 
 
 class ProcessSetup(L.Callback):

@@ -100,6 +100,11 @@ class RunSummary(L.Callback):
         self._fit_start, self._fit_ended = None, True  # a fault in testing after it keeps the fit's speed
         self.write(trainer)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed at its last step (killed after its final validation saved last.ckpt) has no step
+        # to train: Lightning calls no on_train_end, but this, in each process that ran the fit.
+        self.state.setdefault("stop_reason", stop_reason(trainer))
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
