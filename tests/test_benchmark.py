@@ -12,8 +12,10 @@ from tinytransformer.benchmarks.trainer_path import benchmark_overrides, compose
 from tinytransformer.benchmarks.training import (
     flops_per_token,
     non_embedding_params,
+    pairs_per_block,
     preset_overrides,
     run_benchmark,
+    timed_pairs,
 )
 from tinytransformer.data import tiny_world
 from tinytransformer.errors import UserError
@@ -74,27 +76,41 @@ def test_validation_sampling_and_checkpoints_come_after_the_timed_steps(tmp_path
     assert changed.callbacks.sample_generation.every_n_steps == 51
 
 
+def test_segment_pairs_come_in_blocks_of_whole_log_periods():
+    assert [pairs_per_block(steps, 50) for steps in (1, 8, 20, 50, 100)] == [50, 25, 5, 1, 1]
+    assert timed_pairs(1200, 1, 50) == (1200, 50)  # already whole blocks
+    assert timed_pairs(3, 5, 10) == (4, 2)  # rounded up to two blocks of two pairs (10 steps)
+
+
 def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
     overrides = ["model=tiny", "data.num_chars=20000", "data.block_size=32", "data.batch_size=8"]
     result = run_benchmark(
-        [*overrides, "data.max_eval_chars=2000"], pairs=3, steps=5, warmup=2, matmul_size=64
+        [*overrides, "data.max_eval_chars=2000", "trainer.log_every_n_steps=10"],
+        pairs=3,
+        steps=5,
+        warmup=2,
+        matmul_size=64,
     )
-    trainer_tps, plain_tps = result["trainer_segment_tokens_per_s"], result["plain_segment_tokens_per_s"]
-    assert len(trainer_tps) == len(plain_tps) == 3 and result["trainer_tokens_per_s"] > 0
-    # Each Trainer segment against the plain segments either side of it (T0 P0 T1 P1 T2 P2).
-    expected = [trainer_tps[0] / plain_tps[0]]
-    expected += [trainer_tps[i] / ((plain_tps[i - 1] + plain_tps[i]) / 2) for i in (1, 2)]
-    assert result["segment_ratios"] == pytest.approx(expected)
-    assert result["ratio"] == pytest.approx(statistics.median(expected))
-    # Per step: each Trainer segment's step time minus its neighbours' mean.
+    # 3 pairs of 5-step segments, rounded up to whole blocks of one log period (10 steps = 2 pairs).
+    assert (result["pairs"], result["block"]) == (4, 2)
     trainer_s, plain_s = (
-        [seg.seconds / 5 for seg in result[f"{path}_segments"]] for path in ("trainer", "plain")
+        [seg.seconds for seg in result[f"{path}_segments"]] for path in ("trainer", "plain")
     )
-    neighbours = [plain_s[0], (plain_s[0] + plain_s[1]) / 2, (plain_s[1] + plain_s[2]) / 2]
-    assert result["extra_step_s"] == pytest.approx(
-        statistics.median(t - p for t, p in zip(trainer_s, neighbours, strict=True))
-    )
-    assert result["plain_step_s"] == pytest.approx(statistics.median(plain_s))
+    assert len(trainer_s) == len(plain_s) == 4 and result["trainer_tokens_per_s"] > 0
+    # Each Trainer segment against the plain segments either side of it (T0 P0 T1 P1 T2 P2 T3 P3), summed
+    # over each block.
+    neighbours = [plain_s[0], *((plain_s[i - 1] + plain_s[i]) / 2 for i in (1, 2, 3))]
+    blocks = [
+        (sum(trainer_s[i : i + 2]), sum(neighbours[i : i + 2]), sum(plain_s[i : i + 2])) for i in (0, 2)
+    ]
+    assert result["block_ratios"] == pytest.approx([n / t for t, n, _ in blocks])
+    assert result["ratio"] == pytest.approx(statistics.median(n / t for t, n, _ in blocks))
+    # Per step: each block's Trainer time minus its neighbours', over its 10 steps.
+    assert result["extra_step_s"] == pytest.approx(statistics.median((t - n) / 10 for t, n, _ in blocks))
+    assert result["plain_step_s"] == pytest.approx(statistics.median(p / 10 for *_, p in blocks))
+    tokens = 8 * 32 * 10
+    assert result["trainer_tokens_per_s"] == pytest.approx(statistics.median(tokens / t for t, *_ in blocks))
+    assert len(result["block_other_cpu_per_s"]) == 2
     segments = (*result["trainer_segments"], *result["plain_segments"])
     assert all(seg.cpu_seconds > 0 for seg in segments) and result["cpu_ratio"] > 0
     report = format_report(result, "cpu-small").splitlines()
@@ -106,6 +122,8 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
         f"the Trainer's own time: {result['extra_step_s'] * 1e3:+.2f} ms a step, against the plain loop's "
     )
     assert f"{own_time}{result['plain_step_s'] * 1e3:.2f} ms" in "\n".join(report)
+    assert "summed over blocks of 10 steps (whole log periods)" in "\n".join(report)
+    assert sum("of 2 blocks had other processes busy" in line for line in report) == 1
     scaled = next(line for line in report if "scaled to this machine" in line)
     assert (
         f"Trainer {result['trainer_tokens_per_s'] / (26.9e3 * result['fp32_matmul_peak'] / 377e9):.2f}x"
@@ -122,7 +140,7 @@ def test_trainer_path_and_plain_loop_train_the_same_model_on_the_same_batches():
 
 
 def test_a_run_too_short_for_the_timed_segments_is_refused_in_one_line():
-    overrides = ["model=tiny", "data.num_chars=20000", "trainer.max_steps=10"]
+    overrides = ["model=tiny", "data.num_chars=20000", "trainer.max_steps=10", "trainer.log_every_n_steps=5"]
     with pytest.raises(
         UserError, match=r"trainer.max_steps=10 ends before the benchmark's 17 steps; raise it"
     ):

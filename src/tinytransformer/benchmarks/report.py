@@ -1,4 +1,4 @@
-"""The training benchmark's printout: what was measured, the segments' spread, medians, FLOPs, anchors."""
+"""The training benchmark's printout: what was measured, the blocks' spread, medians, FLOPs, anchors."""
 
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ def _setup_lines(r: dict[str, Any]) -> list[str]:
         f"({r['tokens_per_step']:,} tokens/step); {r['precision']}{', compiled' if recipe.compile else ''}",
         f"optimizer: {o['_target_']} (fused={o.get('fused')}) lr {o['lr']}, weight decay {o.get('weight_decay', 0)}, "
         f"betas {tuple(o['betas'])}; {schedule}; clip grad norm {recipe.clip}",
-        f"timing: {r['pairs']} pairs of segments of {r['steps']} steps, alternating Trainer plain Trainer ... in one "
-        f"process, after {r['warmup']} untimed warm-up steps of each; each Trainer segment against the mean of "
-        "the plain segments either side of it; medians",
+        f"timing: {r['pairs']} pairs of segments of {r['steps']} step(s), alternating Trainer plain Trainer ... in "
+        f"one process, after {r['warmup']} untimed warm-up steps of each; each Trainer segment against the mean of "
+        f"the plain segments either side of it, summed over blocks of {r['block'] * r['steps']} steps (whole log "
+        "periods); medians over blocks",
         "  (a) Trainer: conf/train.yaml + these overrides, training.py's builders, default callbacks, "
         "TensorBoard, progress bar; validation, sampling and periodic checkpoints are set to come after "
         "the timed steps, and the fit stops there (its final validation and last.ckpt are not timed)",
@@ -57,19 +58,19 @@ def _setup_lines(r: dict[str, Any]) -> list[str]:
 def format_report(r: dict[str, Any], preset: str | None) -> str:
     """What the benchmark prints; the last line is machine-readable. Anchors are shown for a `preset`."""
     lines = _setup_lines(r)
-    ratios = sorted(r["segment_ratios"])
+    ratios = sorted(r["block_ratios"])
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    busy = sum(seg.other_cpu_per_s >= QUIET_LIMIT for seg in (*r["trainer_segments"], *r["plain_segments"]))
+    busy = sum(other >= QUIET_LIMIT for other in r["block_other_cpu_per_s"])
     a0, b0, m = r["trainer_segments"][0], r["plain_segments"][0], r["recipe"].model
     lines += [
-        f"segments: Trainer/plain {ratios[0]:.3f} .. {ratios[-1]:.3f}, quartiles {quartiles[0]:.3f} "
-        f"{quartiles[1]:.3f} {quartiles[2]:.3f}; {busy} of {2 * len(ratios)} segments had other processes busy",
+        f"blocks: Trainer/plain {ratios[0]:.3f} .. {ratios[-1]:.3f}, quartiles {quartiles[0]:.3f} "
+        f"{quartiles[1]:.3f} {quartiles[2]:.3f}; {busy} of {len(ratios)} blocks had other processes busy",
         f"same work: {a0.params:,} vs {b0.params:,} params; loss after step {r['warmup'] + r['steps']} of each: "
         f"Trainer {a0.last_loss:.4f}, plain {b0.last_loss:.4f}",
         f"tokens/s (median): Trainer {r['trainer_tokens_per_s']:,.0f}; plain {r['plain_tokens_per_s']:,.0f}; "
-        f"Trainer/plain {r['ratio']:.3f} by wall clock, {r['cpu_ratio']:.3f} by CPU time (medians over segments)",
+        f"Trainer/plain {r['ratio']:.3f} by wall clock, {r['cpu_ratio']:.3f} by CPU time (medians over blocks)",
         f"the Trainer's own time: {r['extra_step_s'] * 1e3:+.2f} ms a step, against the plain loop's "
-        f"{r['plain_step_s'] * 1e3:.2f} ms (median over segments)",
+        f"{r['plain_step_s'] * 1e3:.2f} ms (medians over blocks)",
         f"FLOPs per token: {r['flops_per_token'] / 1e6:.3f} M = 6 x {r['non_embedding_params']:,} non-embedding "
         f"params + 12 x n_layers {m['n_layers']} x d_model {m['d_model']} x block {m['block_size']} "
         "(attention; the nanoGPT/PaLM estimate)",

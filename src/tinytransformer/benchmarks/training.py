@@ -3,14 +3,19 @@
 Path (a), in trainer_path.py, is what `scripts/train.py` runs: conf/train.yaml composed with overrides,
 then the package's own builders (callbacks, TensorBoard, progress bar). Path (b), in plain_loop.py, is a
 bare loop over the same model, batches, optimizer, schedule and clipping. Both run in one fit of path (a):
-its Interleaver callback runs path (b) between segments of path (a), so `pairs` short segments alternate
-a b a b ...; each Trainer segment is compared with the plain segments either side of it, and the median
-of those ratios is the figure (this machine's speed drifts by up to 2x over minutes, never much within a
-few seconds).
+its Interleaver callback runs path (b) between segments of path (a), so short segments alternate
+a b a b ...; each Trainer segment is compared with the plain segments either side of it, summed over
+blocks of whole log periods, and the median over blocks is the figure.
+
+This machine's speed drifts by up to 2x over minutes and stalls for tenths of a second: the finer the
+alternation, the more of that both paths see alike. On a CPU, segments are single steps (two plain loops
+on one model measured 1.000 +- 0.002 so, against +- 0.012 in segments of 20 steps). On a GPU they are 20
+steps, since a synchronization per step would stall the queue that a real run keeps full.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -29,7 +34,7 @@ from tinytransformer.benchmarks.machine import (
     synchronize,
 )
 from tinytransformer.benchmarks.plain_loop import PlainLoop, Segment, plain_recipe
-from tinytransformer.benchmarks.trainer_path import benchmark_setup, trainer_fit
+from tinytransformer.benchmarks.trainer_path import benchmark_setup, compose_trainer_config, trainer_fit
 from tinytransformer.cli import ROOT
 from tinytransformer.model import TinyTransformer, build_model
 
@@ -73,26 +78,30 @@ class Interleaver(L.Callback):
     After `warmup` Trainer steps the plain loop trains `warmup` untimed steps; then `steps` Trainer steps
     and `steps` plain-loop steps alternate, `pairs` times. Each segment is timed by the wall clock and by
     this process's CPU time, with the GPU synchronized at its ends. A Trainer segment runs from the end of
-    one step to the end of another, so it includes the loop's own per-step work. Segments last about a
-    second: neighbours see the same machine, so a drift over minutes cancels in their ratio.
+    one step to the end of another, so it includes the loop's own per-step work. Other processes' CPU use
+    is sampled once per block of `block` pairs.
     """
 
-    def __init__(self, plain: PlainLoop, warmup: int, steps: int, pairs: int):
-        self.plain, self.warmup, self.steps, self.pairs = plain, warmup, steps, pairs
+    def __init__(self, plain: PlainLoop, warmup: int, steps: int, pairs: int, block: int):
+        self.plain, self.warmup, self.steps, self.pairs, self.block = plain, warmup, steps, pairs, block
         self.trainer_segments: list[Segment] = []
         self.plain_segments: list[Segment] = []
-        self._start: tuple[float, float, CpuSample] | None = None
+        self.block_other_cpu_per_s: list[float] = []
+        self._start: tuple[float, float] | None = None
+        self._block_start: CpuSample | None = None
 
     @staticmethod
-    def _mark() -> tuple[float, float, CpuSample]:
-        sample = CpuSample.now()  # first: reading /proc is not part of the segment
-        return time.perf_counter(), time.process_time(), sample
+    def _clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
 
     @staticmethod
-    def _segment(start: tuple[float, float, CpuSample], loss: float, params: int) -> Segment:
-        wall, cpu, sample = start
-        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
-        return Segment(seconds, loss, params, other_cpu_per_s(sample, CpuSample.now()), cpu_seconds)
+    def _segment(start: tuple[float, float], loss: torch.Tensor, model: torch.nn.Module) -> Segment:
+        wall, cpu = start
+        seconds, cpu_seconds = (
+            time.perf_counter() - wall,
+            time.process_time() - cpu,
+        )  # first: the rest is not timed
+        return Segment(seconds, float(loss.detach()), model.num_parameters(), cpu_seconds=cpu_seconds)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -101,17 +110,21 @@ class Interleaver(L.Callback):
         synchronize(pl_module.device)
         if self._start is None:
             self.plain.run(self.warmup)  # untimed, as the Trainer's first steps were
+            self._block_start = CpuSample.now()
         else:
-            params = pl_module.model.num_parameters()
-            self.trainer_segments.append(self._segment(self._start, float(outputs["loss"]), params))
-            start = self._mark()
+            self.trainer_segments.append(self._segment(self._start, outputs["loss"], pl_module.model))
+            start = self._clock()
             self.plain.run(self.steps)
             synchronize(self.plain.device)
-            self.plain_segments.append(self._segment(start, self.plain.loss.item(), params))
+            self.plain_segments.append(self._segment(start, self.plain.loss, self.plain.model))
+            if len(self.plain_segments) % self.block == 0:
+                sample = CpuSample.now()
+                self.block_other_cpu_per_s.append(other_cpu_per_s(self._block_start, sample))
+                self._block_start = sample
         if len(self.plain_segments) == self.pairs:
             trainer.should_stop = True
             trainer.stop_reason = "benchmark_window"
-        self._start = self._mark()
+        self._start = self._clock()
 
 
 def neighbour_means(b: list[float]) -> list[float]:
@@ -125,14 +138,40 @@ def neighbour_ratios(a: list[float], b: list[float]) -> list[float]:
     return [value / mean for value, mean in zip(a, neighbour_means(b), strict=True)]
 
 
+def block_sums(values: list[float], block: int) -> list[float]:
+    """Sums of consecutive runs of `block` values (the last run may be shorter)."""
+    return [math.fsum(values[i : i + block]) for i in range(0, len(values), block)]
+
+
+def pairs_per_block(steps: int, log_every_n_steps: int) -> int:
+    """Segment pairs in the shortest whole number of segments that is also a whole number of log periods:
+    each block then holds the Trainer's periodic work (logging every `log_every_n_steps`) once per period."""
+    return math.lcm(steps, log_every_n_steps) // steps
+
+
+def timed_pairs(pairs: int, steps: int, log_every_n_steps: int) -> tuple[int, int]:
+    """(pairs rounded up to whole blocks, pairs per block)."""
+    block = pairs_per_block(steps, log_every_n_steps)
+    return -(-pairs // block) * block, block
+
+
 # --- the benchmark -------------------------------------------------------------------------------------
 
 
 def run_benchmark(
     overrides: list[str], pairs: int, steps: int, warmup: int, matmul_size: int = 2048
 ) -> dict[str, Any]:
-    """(a) the Trainer path and (b) the plain loop in `pairs` alternating segments of `steps` steps."""
+    """(a) the Trainer path and (b) the plain loop in at least `pairs` alternating segments of `steps` steps.
+
+    The pairs are grouped into blocks that each span whole log periods (`pairs_per_block`; `pairs` is
+    rounded up to whole blocks). A block's ratio is the summed time of its plain segments, each the mean of
+    the two either side of a Trainer segment, over the summed time of its Trainer segments; the figures
+    are medians over blocks. Steps that log are in every block as often as in a run, where a median over
+    single steps would leave them out.
+    """
     before = CpuSample.now()
+    log_every = compose_trainer_config(overrides, Path("unused")).trainer.log_every_n_steps
+    pairs, block = timed_pairs(pairs, steps, log_every)
     fit_steps = warmup + pairs * steps
     with benchmark_setup(overrides, pairs, steps, warmup, fit_steps) as (tmp, overrides, cfg, dm):
         recipe = plain_recipe(cfg, dm)
@@ -141,7 +180,7 @@ def run_benchmark(
         if recipe.device.type == "cpu":
             fp32_peak = matmul_peak(matmul_size) if recipe.bf16 else peak
         plain = PlainLoop(recipe, torch.from_numpy(dm.splits["train"].copy()))
-        interleaver = Interleaver(plain, warmup, steps, pairs)
+        interleaver = Interleaver(plain, warmup, steps, pairs, block)
         trainer_fit(overrides, tmp / "run", dm, interleaver)
         trainer, plain_segments = interleaver.trainer_segments, interleaver.plain_segments
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
@@ -149,14 +188,15 @@ def run_benchmark(
         fp32_peak = max(fp32_peak, matmul_peak(matmul_size)) if recipe.bf16 else peak
     after = CpuSample.now()
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
-    trainer_tps = [tokens_per_step * steps / seg.seconds for seg in trainer]
-    plain_tps = [tokens_per_step * steps / seg.seconds for seg in plain_segments]
-    ratios = neighbour_ratios(trainer_tps, plain_tps)
-    cpu_ratios = neighbour_ratios(
-        [1 / seg.cpu_seconds for seg in trainer], [1 / seg.cpu_seconds for seg in plain_segments]
-    )
-    neighbours_s = neighbour_means([seg.seconds / steps for seg in plain_segments])
-    extra_step_s = [seg.seconds / steps - plain for seg, plain in zip(trainer, neighbours_s, strict=True)]
+    block_steps = block * steps
+
+    def sums(segments: list[Segment], field: str, neighbours: bool = False) -> list[float]:
+        values = [getattr(seg, field) for seg in segments]
+        return block_sums(neighbour_means(values) if neighbours else values, block)
+
+    trainer_s, neighbour_s = sums(trainer, "seconds"), sums(plain_segments, "seconds", neighbours=True)
+    trainer_cpu_s, neighbour_cpu_s = sums(trainer, "cpu_seconds"), sums(plain_segments, "cpu_seconds", True)
+    ratios = [n / t for n, t in zip(neighbour_s, trainer_s, strict=True)]
     model = build_model(recipe.model)
     return {
         "precision": cfg.trainer.precision,
@@ -165,22 +205,26 @@ def run_benchmark(
         "pairs": pairs,
         "steps": steps,
         "warmup": warmup,
+        "block": block,
         "tokens_per_step": tokens_per_step,
         "trainer_segments": trainer,
         "plain_segments": plain_segments,
-        "trainer_segment_tokens_per_s": trainer_tps,
-        "plain_segment_tokens_per_s": plain_tps,
-        "trainer_tokens_per_s": statistics.median(trainer_tps),
-        "plain_tokens_per_s": statistics.median(plain_tps),
-        # Medians of each Trainer segment against its neighbours: by wall clock, and by CPU time (which
+        "trainer_tokens_per_s": statistics.median(tokens_per_step * block_steps / t for t in trainer_s),
+        "plain_tokens_per_s": statistics.median(
+            tokens_per_step * block_steps / p for p in sums(plain_segments, "seconds")
+        ),
+        # Medians over blocks of the Trainer against its neighbours: by wall clock, and by CPU time (which
         # another process on the machine slows less).
-        "segment_ratios": ratios,
+        "block_ratios": ratios,
+        "block_other_cpu_per_s": interleaver.block_other_cpu_per_s,
         "ratio": statistics.median(ratios),
-        "cpu_ratio": statistics.median(cpu_ratios),
-        # What the Trainer adds to a step, against its neighbours (median): Lightning's loop and hooks, much
-        # the same for any model of this size.
-        "extra_step_s": statistics.median(extra_step_s),
-        "plain_step_s": statistics.median(seg.seconds / steps for seg in plain_segments),
+        "cpu_ratio": statistics.median(n / t for n, t in zip(neighbour_cpu_s, trainer_cpu_s, strict=True)),
+        # What the Trainer adds to a step, against its neighbours: Lightning's loop and hooks, much the same
+        # for any model of this size.
+        "extra_step_s": statistics.median(
+            (t - n) / block_steps for t, n in zip(trainer_s, neighbour_s, strict=True)
+        ),
+        "plain_step_s": statistics.median(p / block_steps for p in sums(plain_segments, "seconds")),
         "non_embedding_params": non_embedding_params(model),
         "flops_per_token": flops_per_token(model),
         "peak_flops": peak,
