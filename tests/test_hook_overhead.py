@@ -1,6 +1,10 @@
 """What Lightning does around each of the ~90 hook calls of a training step costs as little as it can, with
 the same behaviour: a run gets a profiler whose `profile()` is free unless it asks for a real one, and the
-module's hook bookkeeping skips nn.Module.__setattr__. Speed itself is measured by `make bench`."""
+module's hook bookkeeping skips nn.Module.__setattr__; a step keeps its loss for the train-loss means and
+adds nothing on the device. Speed itself is measured by `make bench`."""
+
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,3 +84,59 @@ def test_hook_bookkeeping_skips_module_setattr_and_every_other_attribute_still_r
     assert module.get_submodule("extra_head") is module.extra_head
     assert dict(module.named_parameters())["extra_scale"] is module.extra_scale
     assert torch.equal(module.state_dict()["_train_sums"], torch.full((3,), 2.0))
+
+
+def stepping_module(char_lengths: list[int]) -> LanguageModel:
+    torch.manual_seed(0)
+    module = LanguageModel(
+        model={"_target_": "tinytransformer.model.TinyTransformer", "vocab_size": 5, "block_size": 4,
+               "d_model": 8, "n_heads": 1, "n_layers": 1},
+        optimizer={"_target_": "torch.optim.AdamW"}, scheduler={}, tokenizer={}, token_char_lengths=char_lengths,
+    )  # fmt: skip
+    module._trainer = SimpleNamespace(global_step=0, log_every_n_steps=1000)  # no step is a log step
+    return module
+
+
+def steps(module: LanguageModel, n: int) -> list[tuple[float, torch.Tensor]]:
+    """(loss, targets) of `n` training steps on random batches."""
+    done = []
+    for i in range(n):
+        x, y = torch.randint(5, (2, 4)), torch.randint(5, (2, 4))
+        done.append((module.training_step((x, y), i).item(), y))
+    return done
+
+
+def test_train_sums_are_the_steps_losses_bits_and_count_added_when_read_and_when_saved():
+    module = stepping_module([1] * 5)
+    losses = [loss for loss, _ in steps(module, 3)]
+    assert torch.equal(module._train_sums, torch.zeros(3))  # nothing on the device during the steps
+    expected = [sum(losses), sum(losses) / math.log(2), 3]
+    assert module.train_sums().tolist() == pytest.approx(expected, rel=1e-6)
+    assert module.train_sums().tolist() == pytest.approx(expected, rel=1e-6)  # read twice: added once
+    more = [loss for loss, _ in steps(module, 2)]
+    saved = module.state_dict()["_train_sums"]  # a checkpoint holds every step so far
+    assert saved.tolist() == pytest.approx(
+        [sum(losses + more), sum(losses + more) / math.log(2), 5], rel=1e-6
+    )
+
+
+def test_train_bits_of_tokens_of_several_chars_are_per_char():
+    lengths = [1, 2, 3, 1, 2]
+    module = stepping_module(lengths)
+    done = steps(module, 3)
+    bits = [
+        loss * y.numel() / (math.log(2) * sum(lengths[t] for t in y.flatten().tolist())) for loss, y in done
+    ]
+    assert module.train_sums().tolist() == pytest.approx(
+        [sum(loss for loss, _ in done), sum(bits), 3], rel=1e-6
+    )
+
+
+def test_a_run_that_never_reads_its_train_sums_keeps_at_most_kept_steps_losses(monkeypatch):
+    monkeypatch.setattr(LanguageModel, "KEPT_STEPS", 2)
+    module = stepping_module([1] * 5)
+    losses = [loss for loss, _ in steps(module, 3)]
+    assert len(module._train_steps) == 1
+    assert module._train_sums.tolist() == pytest.approx(
+        [sum(losses[:2]), sum(losses[:2]) / math.log(2), 2], rel=1e-6
+    )
