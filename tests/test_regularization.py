@@ -26,6 +26,24 @@ def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path
     assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
 
 
+def test_clipped_steps_are_counted_from_the_kept_norms_when_read_and_at_most_kept_norms_wait(monkeypatch):
+    from tinytransformer.training.callbacks import clipping as module
+
+    model = torch.nn.Linear(4, 4)
+    trainer = type("T", (), {"global_step": 0, "log_every_n_steps": 50})()
+    clipping = module.GradientClipping(max_norm=1.0)
+    for scale in (1e3, 1e-3, 1e3):  # clipped, not, clipped
+        model.zero_grad()
+        model(torch.randn(8, 4)).pow(2).sum().mul(scale).backward()
+        clipping.on_before_optimizer_step(trainer, model, None)
+    assert len(clipping._norms) == 3 and float(clipping._clipped) == 0  # nothing counted during the steps
+    assert clipping.state_dict()["sums"].tolist() == [2.0, 3.0]
+    monkeypatch.setattr(module, "KEPT_NORMS", 1)
+    model(torch.randn(8, 4)).pow(2).sum().mul(1e3).backward()
+    clipping.on_before_optimizer_step(trainer, model, None)  # clipped, and counted at once
+    assert clipping._norms == [] and float(clipping._clipped) == 3
+
+
 def test_gradient_clipping_is_a_callback_that_bounds_the_update_and_drops_like_any_other(tmp_path):
     from tinytransformer.training.callbacks.clipping import GradientClipping
 

@@ -73,6 +73,8 @@ class LanguageModel(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.model = build_model(model)
         self.regularizers = build_regularizers(regularizers or {}, self.model)
+        # Each training batch seeds its own dropout and regularizers' draws.
+        self._random_per_batch = model.get("dropout", 0.0) > 0 or len(self.regularizers) > 0
         if compile:
             # In-place compile keeps parameter names (no `_orig_mod.`), so checkpoints load either way.
             self.model.compile()
@@ -109,7 +111,7 @@ class LanguageModel(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.hparams.model.get("dropout", 0.0) > 0 or self.regularizers:
+        if self._random_per_batch:
             torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.batch_index(batch_idx), 1))
 
     def batch_index(self, batch_idx: int) -> int:
