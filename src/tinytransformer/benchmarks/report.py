@@ -59,7 +59,7 @@ def format_report(r: dict[str, Any], preset: str | None) -> str:
     """What the benchmark prints; the last line is machine-readable. Anchors are shown for a `preset`."""
     lines = _setup_lines(r)
     ratios = sorted(r["block_ratios"])
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
     busy = sum(other >= QUIET_LIMIT for other in r["block_other_cpu_per_s"])
     a0, b0, m = r["trainer_segments"][0], r["plain_segments"][0], r["recipe"].model
     lines += [
