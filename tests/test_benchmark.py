@@ -15,6 +15,7 @@ from tinytransformer.benchmarks.training import (
     pairs_per_block,
     preset_overrides,
     run_benchmark,
+    segment_defaults,
     timed_pairs,
 )
 from tinytransformer.data import tiny_world
@@ -151,6 +152,25 @@ def test_a_run_too_short_for_the_timed_segments_is_refused_in_one_line():
         UserError, match=r"trainer.max_steps=10 ends before the benchmark's 17 steps; raise it"
     ):
         run_benchmark(overrides, pairs=3, steps=5, warmup=2, matmul_size=64)
+
+
+def test_zero_steps_per_segment_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"rounds, steps and warmup must be >= 1 \(got 3, 0, 2\)"):
+        run_benchmark(["model=tiny", "data.num_chars=20000"], pairs=3, steps=0, warmup=2, matmul_size=64)
+
+
+def test_segments_are_single_steps_on_a_cpu_whatever_the_preset_and_longer_on_a_gpu():
+    assert (
+        segment_defaults(gpu=True, quick=False)[1] == 20 and segment_defaults(gpu=True, quick=True)[1] == 10
+    )
+    overrides = [
+        "model=tiny",
+        "data.num_chars=20000",
+        "data.max_eval_chars=2000",
+        "trainer.log_every_n_steps=5",
+    ]
+    result = run_benchmark([*overrides, "trainer.accelerator=cpu"], pairs=5, warmup=2, matmul_size=64)
+    assert (result["steps"], result["pairs"], len(result["trainer_segments"])) == (1, 5, 5)
 
 
 def test_gradient_accumulation_is_refused_in_one_line():

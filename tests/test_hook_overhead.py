@@ -1,7 +1,7 @@
 """What Lightning does around each of the ~90 hook calls of a training step costs as little as it can, with
 the same behaviour: a run gets a profiler whose `profile()` is free unless it asks for a real one, and the
 module's hook bookkeeping skips nn.Module.__setattr__; a step keeps its loss for the train-loss means and
-adds nothing on the device. Speed itself is measured by `make bench`."""
+(with one-char tokens) adds nothing on the device. Speed itself is measured by `make bench`."""
 
 import math
 from types import SimpleNamespace
@@ -140,3 +140,14 @@ def test_a_run_that_never_reads_its_train_sums_keeps_at_most_kept_steps_losses(m
     assert module._train_sums.tolist() == pytest.approx(
         [sum(losses[:2]), sum(losses[:2]) / math.log(2), 2], rel=1e-6
     )
+
+
+def test_train_sums_add_the_kept_steps_in_order_whenever_they_are_read():
+    """A stop signal saves (and so reads the sums) at any step: the float sums must not depend on when."""
+    losses = [1e8, 1.0, -1e8, 1.0]  # float32: ((1e8 + 1) - 1e8) + 1 = 1, but (1e8 + 1) + (-1e8 + 1) = 0
+    read_once, read_twice = stepping_module([1] * 5), stepping_module([1] * 5)
+    read_once._train_steps.extend(torch.tensor(v) for v in losses)
+    read_twice._train_steps.extend(torch.tensor(v) for v in losses[:2])
+    read_twice.train_sums()  # e.g. last.ckpt on SIGTERM after two steps
+    read_twice._train_steps.extend(torch.tensor(v) for v in losses[2:])
+    assert read_once.train_sums()[0].item() == read_twice.train_sums()[0].item() == 1.0

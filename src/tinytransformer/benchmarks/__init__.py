@@ -28,14 +28,15 @@ def benchmark_main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="training: segment pairs, at least (CPU 1200, quick 100; GPU 60, quick 6); dropout: rounds (3, quick 2)",
+        help="training: segment pairs, rounded up to whole log periods (CPU 1200, quick 100; GPU 60, quick 10); "
+        "dropout: rounds (3, quick 2)",
     )
     parser.add_argument(
         "--steps",
         type=int,
-        help="training: steps per segment (CPU 1, GPU 20, quick 8); dropout: per round (200, 30)",
+        help="training: steps per segment (CPU 1; GPU 20, quick 10); dropout: per round (200, 30)",
     )
-    parser.add_argument("--warmup", type=int, help="untimed steps first (default 30 and 20, quick 10)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (training 30, dropout 20; quick 10)")
     parser.add_argument(
         "--data-mb", type=int, help="size of the data benchmark's text (default 1000, quick 50)"
     )
@@ -81,18 +82,8 @@ def _run_suite(suite: str, args) -> str:
     from tinytransformer.benchmarks.report import format_report
     from tinytransformer.benchmarks.training import preset_overrides, run_benchmark
 
-    # Single steps on a CPU; on a GPU a synchronization per step would stall its queue (benchmarks/training.py).
-    if gpu:
-        pairs, steps, warmup = (6, 8, 10) if args.quick else (60, 20, 30)
-    else:
-        pairs, steps, warmup = (100, 1, 10) if args.quick else (1200, 1, 30)
     overrides = [*preset_overrides(args.preset, args.compile), *args.overrides]
     print(f"training: preset {args.preset}{' (quick)' if args.quick else ''}: {' '.join(overrides)}")
-    result = run_benchmark(
-        overrides,
-        args.rounds or pairs,
-        args.steps or steps,
-        args.warmup or warmup,
-        1024 if args.quick else 2048,
-    )
+    matmul_size = 1024 if args.quick else 2048
+    result = run_benchmark(overrides, args.rounds, args.steps, args.warmup, matmul_size, quick=args.quick)
     return format_report(result, None if args.overrides else args.preset)  # anchors: the preset's own config

@@ -101,13 +101,17 @@ def measured_round(run, *args) -> Segment:
     return segment
 
 
+def check_counts(rounds: int, steps: int, warmup: int) -> None:
+    if rounds < 1 or steps < 1 or warmup < 1:
+        raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
+
+
 @contextmanager
 def benchmark_setup(overrides: list[str], rounds: int, steps: int, warmup: int, fit_steps: int):
     """(temporary dir, the overrides with validation and the rest moved past a fit's `fit_steps`, the
     config, the datamodule set up once for all fits), with Lightning's info lines ("GPU available: ...")
     off."""
-    if rounds < 1 or steps < 1 or warmup < 1:
-        raise UserError(f"rounds, steps and warmup must be >= 1 (got {rounds}, {steps}, {warmup})")
+    check_counts(rounds, steps, warmup)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     with tempfile.TemporaryDirectory(prefix="tinytransformer-bench-") as tmp:

@@ -34,9 +34,15 @@ from tinytransformer.benchmarks.machine import (
     synchronize,
 )
 from tinytransformer.benchmarks.plain_loop import PlainLoop, Segment, plain_recipe
-from tinytransformer.benchmarks.trainer_path import benchmark_setup, compose_trainer_config, trainer_fit
+from tinytransformer.benchmarks.trainer_path import (
+    benchmark_setup,
+    check_counts,
+    compose_trainer_config,
+    trainer_fit,
+)
 from tinytransformer.cli import ROOT
 from tinytransformer.model import TinyTransformer, build_model
+from tinytransformer.training.precision import on_gpu
 
 # The shared copy beside the repo; TINYSHAKESPEARE=<path> points elsewhere (e.g. on a GPU machine).
 SHAKESPEARE = Path(os.environ.get("TINYSHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -158,10 +164,24 @@ def timed_pairs(pairs: int, steps: int, log_every_n_steps: int) -> tuple[int, in
 # --- the benchmark -------------------------------------------------------------------------------------
 
 
+def segment_defaults(gpu: bool, quick: bool) -> tuple[int, int, int]:
+    """(pairs, steps, warm-up steps): single steps on a CPU; on a GPU segments of 20 steps (quick: 10), since
+    a synchronization per step would stall its queue."""
+    if gpu:
+        return (10, 10, 10) if quick else (60, 20, 30)
+    return (100, 1, 10) if quick else (1200, 1, 30)
+
+
 def run_benchmark(
-    overrides: list[str], pairs: int, steps: int, warmup: int, matmul_size: int = 2048
+    overrides: list[str],
+    pairs: int | None = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    matmul_size: int = 2048,
+    quick: bool = False,
 ) -> dict[str, Any]:
-    """(a) the Trainer path and (b) the plain loop in at least `pairs` alternating segments of `steps` steps.
+    """(a) the Trainer path and (b) the plain loop in at least `pairs` alternating segments of `steps` steps
+    (None: segment_defaults for the run's accelerator).
 
     The pairs are grouped into blocks that each span whole log periods (`pairs_per_block`; `pairs` is
     rounded up to whole blocks). A block's ratio is the summed time of its plain segments, each the mean of
@@ -170,8 +190,14 @@ def run_benchmark(
     single steps would leave them out.
     """
     before = CpuSample.now()
-    log_every = compose_trainer_config(overrides, Path("unused")).trainer.log_every_n_steps
-    pairs, block = timed_pairs(pairs, steps, log_every)
+    planned = compose_trainer_config(overrides, Path("unused")).trainer
+    defaults = segment_defaults(on_gpu(planned.accelerator), quick)
+    pairs, steps, warmup = (
+        default if given is None else given
+        for given, default in zip((pairs, steps, warmup), defaults, strict=True)
+    )
+    check_counts(pairs, steps, warmup)
+    pairs, block = timed_pairs(pairs, steps, planned.log_every_n_steps)
     fit_steps = warmup + pairs * steps
     with benchmark_setup(overrides, pairs, steps, warmup, fit_steps) as (tmp, overrides, cfg, dm):
         recipe = plain_recipe(cfg, dm)

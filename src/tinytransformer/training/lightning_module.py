@@ -149,13 +149,18 @@ class LanguageModel(L.LightningModule):
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
     def train_sums(self) -> torch.Tensor:
-        """[train loss, bits/char, steps] summed since the last validation (the steps kept so far added in)."""
+        """[train loss, bits/char, steps] summed since the last validation (the steps kept so far added in).
+
+        Added one step at a time, in order: float sums then do not depend on when they are added (a stop
+        signal saves last.ckpt at any step), and a resumed run's sums are an uninterrupted one's to the bit.
+        """
         if self._train_steps:
-            steps = torch.stack(self._train_steps)
+            steps = torch.stack(self._train_steps).to(self._train_sums)
             if steps.ndim == 1:  # losses of one-char tokens: bits are the loss in bits
                 steps = torch.stack((steps, steps / math.log(2)), dim=1)
-            count = steps.new_full((len(steps), 1), 1.0)
-            self._train_sums += torch.cat((steps, count), dim=1).sum(0).to(self._train_sums)
+            rows = torch.cat((steps, steps.new_ones(len(steps), 1)), dim=1)
+            for row in rows:
+                self._train_sums.add_(row)
             self._train_steps.clear()
         return self._train_sums
 
