@@ -103,10 +103,8 @@ class Interleaver(L.Callback):
     @staticmethod
     def _segment(start: tuple[float, float], loss: torch.Tensor, model: torch.nn.Module) -> Segment:
         wall, cpu = start
-        seconds, cpu_seconds = (
-            time.perf_counter() - wall,
-            time.process_time() - cpu,
-        )  # first: the rest is not timed
+        seconds = time.perf_counter() - wall  # first: what follows is not timed
+        cpu_seconds = time.process_time() - cpu
         return Segment(seconds, float(loss.detach()), model.num_parameters(), cpu_seconds=cpu_seconds)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -137,11 +135,6 @@ def neighbour_means(b: list[float]) -> list[float]:
     """For the i-th a segment, the mean of the b segments either side of it (b[i-1] before, b[i] after):
     a drift that is linear over three segments cancels against it."""
     return [statistics.fmean(b[max(i - 1, 0) : i + 1]) for i in range(len(b))]
-
-
-def neighbour_ratios(a: list[float], b: list[float]) -> list[float]:
-    """a[i] over the mean of the b segments either side of it."""
-    return [value / mean for value, mean in zip(a, neighbour_means(b), strict=True)]
 
 
 def block_sums(values: list[float], block: int) -> list[float]:
@@ -221,6 +214,7 @@ def run_benchmark(
         return block_sums(neighbour_means(values) if neighbours else values, block)
 
     trainer_s, neighbour_s = sums(trainer, "seconds"), sums(plain_segments, "seconds", neighbours=True)
+    plain_s = sums(plain_segments, "seconds")
     trainer_cpu_s, neighbour_cpu_s = sums(trainer, "cpu_seconds"), sums(plain_segments, "cpu_seconds", True)
     ratios = [n / t for n, t in zip(neighbour_s, trainer_s, strict=True)]
     model = build_model(recipe.model)
@@ -236,9 +230,7 @@ def run_benchmark(
         "trainer_segments": trainer,
         "plain_segments": plain_segments,
         "trainer_tokens_per_s": statistics.median(tokens_per_step * block_steps / t for t in trainer_s),
-        "plain_tokens_per_s": statistics.median(
-            tokens_per_step * block_steps / p for p in sums(plain_segments, "seconds")
-        ),
+        "plain_tokens_per_s": statistics.median(tokens_per_step * block_steps / p for p in plain_s),
         # Medians over blocks of the Trainer against its neighbours: by wall clock, and by CPU time (which
         # another process on the machine slows less).
         "block_ratios": ratios,
@@ -250,7 +242,7 @@ def run_benchmark(
         "extra_step_s": statistics.median(
             (t - n) / block_steps for t, n in zip(trainer_s, neighbour_s, strict=True)
         ),
-        "plain_step_s": statistics.median(p / block_steps for p in sums(plain_segments, "seconds")),
+        "plain_step_s": statistics.median(p / block_steps for p in plain_s),
         "non_embedding_params": non_embedding_params(model),
         "flops_per_token": flops_per_token(model),
         "peak_flops": peak,

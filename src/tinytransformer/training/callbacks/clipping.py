@@ -19,8 +19,8 @@ class GradientClipping(L.Callback):
     the clipped steps are counted on the device at validation and checkpoints: no host sync, and no device
     op of ours per step (two small ones cost ~55-80 us between a CPU step's big ones). Gradients are
     unscaled at this point under 16-bit mixed precision (Lightning calls this hook after unscaling). The
-    counts are in the callback's state: an exact resume. The parameters are listed once per fit (walking the LightningModule's modules costs ~0.2 ms,
-    0.5 % of a step of nanoGPT's CPU config).
+    counts are in the callback's state: an exact resume. The parameters are listed once per fit (walking
+    the LightningModule's modules costs ~0.2 ms, 0.5 % of a step of nanoGPT's CPU config).
     """
 
     def __init__(self, max_norm: float = 1.0):
