@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
 QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
@@ -149,3 +150,28 @@ def test_a_search_space_on_the_command_line_is_checked_at_its_lower_end():
     ]
     cfg = compose_config(CONFIG_DIR, "train", space, with_hydra=False)  # was a traceback: not enumerable
     assert (cfg.optimizer.lr, cfg.model.dropout) == (0.0003, 0.0)
+
+
+def test_a_trial_another_worker_is_still_filling_in_is_compared_on_its_own_params():
+    from optuna.distributions import FloatDistribution
+
+    from hydra_plugins.tinytransformer_sweepers.search_space import check_same_space
+    from tinytransformer.errors import UserError
+
+    space = {"model.dropout": FloatDistribution(0.0, 0.3), "optimizer.lr": FloatDistribution(1e-4, 1e-2)}
+    study = optuna.create_study(study_name="train")
+    filling_in = study.ask()  # the other worker has drawn one param so far
+    filling_in.suggest_float("model.dropout", 0.0, 0.3)
+    check_same_space(study, space)  # no refusal: its one param matches
+
+    finished = study.ask()  # a finished trial with only one of the params searched another space
+    finished.suggest_float("model.dropout", 0.0, 0.3)
+    study.tell(finished, 1.0)
+    with pytest.raises(UserError, match=rf"\(optimizer.lr differs in trial {finished.number}\)"):
+        check_same_space(study, space)
+
+    other = optuna.create_study(study_name="train")
+    still_running = other.ask()
+    still_running.suggest_float("model.dropout", 0.0, 0.5)  # the same key, another range
+    with pytest.raises(UserError, match=r"\(model.dropout differs in trial 0\)"):
+        check_same_space(other, space)

@@ -53,11 +53,17 @@ def suggest(trial, name: str, distribution) -> Any:
 
 
 def check_same_space(study, space: dict[str, Any]) -> None:
-    """A study continues only the search it was made for: a new search space needs a new study name."""
+    """A study continues only the search it was made for: a new search space needs a new study name.
+
+    A trial that another worker is still filling in has only the params suggested so far, so a running
+    trial is compared on its own params; a finished one on the whole space.
+    """
     for trial in study.get_trials(deepcopy=False):
-        if trial.distributions and trial.distributions != space:
-            differ = sorted(set(trial.distributions.items()) ^ set(space.items()), key=str)[0][0]
+        theirs = trial.distributions
+        keys = set(theirs) | (set(space) if theirs and trial.state.is_finished() else set())
+        differ = sorted(key for key in keys if theirs.get(key) != space.get(key))
+        if differ:
             raise UserError(
-                f"hydra.sweeper.study_name={study.study_name}: that study searched another space ({differ} "
+                f"hydra.sweeper.study_name={study.study_name}: that study searched another space ({differ[0]} "
                 f"differs in trial {trial.number}); give this search a new study name, or the same params"
             )
