@@ -1,6 +1,6 @@
-"""Speed figures: python scripts/benchmark.py [--suite training|generation|data|all] [--quick] (see README)."""
+"""Speed figures: python scripts/benchmark.py [--suite training|generation|data|all] [--quick] (docs/benchmark.md)."""
 
-from tinytransformer.benchmarks import benchmark_main
+from benchmarks import benchmark_main  # scripts/benchmarks/: outside the installed package
 
 if __name__ == "__main__":
     benchmark_main()

@@ -2,14 +2,13 @@ import dataclasses
 import statistics
 
 import pytest
-
-from tinytransformer.benchmarks.data import write_big_text
-from tinytransformer.benchmarks.dropout import format_dropout_report, run_dropout_benchmark
-from tinytransformer.benchmarks.generation import format_generation_report, run_generation_benchmark
-from tinytransformer.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
-from tinytransformer.benchmarks.report import format_report
-from tinytransformer.benchmarks.trainer_path import benchmark_overrides, compose_trainer_config
-from tinytransformer.benchmarks.training import (
+from scripts.benchmarks.data import write_big_text
+from scripts.benchmarks.dropout import format_dropout_report, run_dropout_benchmark
+from scripts.benchmarks.generation import format_generation_report, run_generation_benchmark
+from scripts.benchmarks.machine import CpuSample, busy_jiffies, other_cpu_per_s
+from scripts.benchmarks.report import format_report
+from scripts.benchmarks.trainer_path import benchmark_overrides, compose_trainer_config
+from scripts.benchmarks.training import (
     flops_per_token,
     non_embedding_params,
     pairs_per_block,
@@ -18,6 +17,7 @@ from tinytransformer.benchmarks.training import (
     segment_defaults,
     timed_pairs,
 )
+
 from tinytransformer.data import tiny_world
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer

@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
+from scripts.benchmarks.training import flops_per_token as formula
 from torch import nn
 
-from tinytransformer.benchmarks.training import flops_per_token as formula
 from tinytransformer.model import TinyTransformer
 from tinytransformer.training import flops
 from tinytransformer.training.flops import (

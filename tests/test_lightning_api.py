@@ -1,4 +1,4 @@
-"""The Lightning internals strategies.py relies on (no public API does the job) are still there and behave as
+"""The Lightning internals training/ddp.py relies on (no public API does the job) are still there and behave as
 it expects; pyproject.toml pins Lightning's minor version for them. A failure names the changed call."""
 
 import inspect

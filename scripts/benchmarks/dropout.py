@@ -11,8 +11,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from tinytransformer.benchmarks.machine import CpuSample, describe_machine, other_cpu_per_s, quiet_line
-from tinytransformer.benchmarks.trainer_path import benchmark_setup, measured_round, trainer_round
+from .machine import CpuSample, describe_machine, other_cpu_per_s, quiet_line
+from .trainer_path import benchmark_setup, measured_round, trainer_round
 
 DROPOUT = 0.2
 PRECISIONS = {"fp32": "trainer.precision=32-true", "bf16": "trainer.precision=bf16-mixed"}

@@ -25,7 +25,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from tinytransformer.benchmarks.machine import (
+from tinytransformer.cli import ROOT
+from tinytransformer.model import TinyTransformer, build_model
+from tinytransformer.training.precision import on_gpu
+
+from .machine import (
     CpuSample,
     describe_machine,
     matmul_peak,
@@ -33,16 +37,13 @@ from tinytransformer.benchmarks.machine import (
     peak_flops,
     synchronize,
 )
-from tinytransformer.benchmarks.plain_loop import PlainLoop, Segment, plain_recipe
-from tinytransformer.benchmarks.trainer_path import (
+from .plain_loop import PlainLoop, Segment, plain_recipe
+from .trainer_path import (
     benchmark_setup,
     check_counts,
     compose_trainer_config,
     trainer_fit,
 )
-from tinytransformer.cli import ROOT
-from tinytransformer.model import TinyTransformer, build_model
-from tinytransformer.training.precision import on_gpu
 
 # The shared copy beside the repo; TINYSHAKESPEARE=<path> points elsewhere (e.g. on a GPU machine).
 SHAKESPEARE = Path(os.environ.get("TINYSHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))

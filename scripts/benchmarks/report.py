@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from tinytransformer.benchmarks.machine import QUIET_LIMIT, quiet_line
+from .machine import QUIET_LIMIT, quiet_line
 
 # The CPU anchor's machine multiplied fp32 at ~377 GFLOP/s (2048^3); VMs of the same class vary by
 # 10-20 %, so the CPU anchor is also shown scaled by this machine's measured fp32 matmul peak.

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import lightning as L
 
-from tinytransformer.benchmarks.machine import CpuSample, other_cpu_per_s, synchronize
-from tinytransformer.benchmarks.plain_loop import Segment
 from tinytransformer.cli import CONFIG_DIR, project_env
 from tinytransformer.config import validate
 from tinytransformer.errors import UserError
 from tinytransformer.overrides import compose_config
 from tinytransformer.training.precision import resolve_precision
 from tinytransformer.training.recipe import build_callbacks, build_datamodule, build_module, build_trainer
+
+from .machine import CpuSample, other_cpu_per_s, synchronize
+from .plain_loop import Segment
 
 
 class StepWindowTimer(L.Callback):

@@ -16,7 +16,7 @@ SUITES = ("data", "generation", "training", "dropout")
 
 def benchmark_main() -> None:
     """`python scripts/benchmark.py [--suite ...] [--preset cpu-small|gpu-shakespeare] [--quick] [--compile]`."""
-    from tinytransformer.benchmarks.training import PRESETS
+    from .training import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all")
@@ -55,11 +55,11 @@ def benchmark_main() -> None:
 def _run_suite(suite: str, args) -> str:
     gpu = args.preset.startswith("gpu")
     if suite == "data":
-        from tinytransformer.benchmarks.data import format_data_report, run_data_benchmark
+        from .data import format_data_report, run_data_benchmark
 
         return format_data_report(run_data_benchmark(args.data_mb or (50 if args.quick else 1000)))
     if suite == "generation":
-        from tinytransformer.benchmarks.generation import (
+        from .generation import (
             SMALL_MODEL,
             format_generation_report,
             run_generation_benchmark,
@@ -72,15 +72,15 @@ def _run_suite(suite: str, args) -> str:
         )
         return format_generation_report(result)
     if suite == "dropout":
-        from tinytransformer.benchmarks.dropout import format_dropout_report, run_dropout_benchmark
+        from .dropout import format_dropout_report, run_dropout_benchmark
 
         rounds, steps, warmup = (2, 30, 10) if args.quick else (3, 200, 20)
         result = run_dropout_benchmark(
             args.overrides, args.rounds or rounds, args.steps or steps, args.warmup or warmup
         )
         return format_dropout_report(result, args.overrides)
-    from tinytransformer.benchmarks.report import format_report
-    from tinytransformer.benchmarks.training import preset_overrides, run_benchmark
+    from .report import format_report
+    from .training import preset_overrides, run_benchmark
 
     overrides = [*preset_overrides(args.preset, args.compile), *args.overrides]
     print(f"training: preset {args.preset}{' (quick)' if args.quick else ''}: {' '.join(overrides)}")

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from tinytransformer.benchmarks.machine import synchronize
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
+
+from .machine import synchronize
 
 # nanoGPT's shakespeare_char model (block 256): where recomputation hurts.
 SHAKESPEARE_MODEL = {"vocab_size": 65, "d_model": 384, "n_heads": 6, "n_layers": 6, "block_size": 256}
