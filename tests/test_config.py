@@ -2,7 +2,6 @@
 beside its field and refuses a bad value in one line, and Hydra refuses a wrong type in that same line."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,8 +13,6 @@ from tinytransformer.config import OPTIONAL_CHECKS, validate
 from tinytransformer.errors import UserError
 from tinytransformer.model import TransformerConfig
 from tinytransformer.schema import AugmentConfig, DataConfig, RunConfig, TrainerConfig
-
-OLD_RUN = Path(__file__).parent / "fixtures" / "run-14a602d" / ".hydra" / "config.yaml"
 
 # A value each check refuses, and what the line says the value must be.
 REFUSED = {
@@ -172,11 +169,6 @@ def test_no_data_or_trainer_yaml_repeats_a_schema_default(group):
 def test_train_yaml_sets_no_top_level_key_of_the_schema():
     values = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())
     assert not set(values) & {f.name for f in dataclasses.fields(RunConfig)}
-
-
-def test_a_config_saved_by_an_older_version_still_passes():
-    """Keys it lacks (trainer.accumulate_grad_batches, data.text, regularizers) take their defaults."""
-    validate(OmegaConf.load(OLD_RUN))
 
 
 def test_a_data_config_from_plain_data_takes_its_augment_as_a_mapping():

@@ -53,15 +53,17 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in hparams:
         raise UserError(f"{key}={p}: not a tinytransformer checkpoint (no model hyperparameters or weights)")
+    if "val_history" not in ckpt or "_target_" not in hparams["model"]:
+        raise UserError(
+            f"{key}={p}: written by an older version of tinytransformer (no model._target_ or val history); "
+            "read it with the version that wrote it, or train a new run (the file was left as it is)"
+        )
     ckpt["path"] = str(p)
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of a checkpoint (eval mode), rebuilt from its class path and arguments, without Lightning.
-
-    A checkpoint from before models were swappable has no `_target_`: it is a TinyTransformer.
-    """
+    """The model of a checkpoint (eval mode), rebuilt from its class path and arguments, without Lightning."""
     model = build_model(ckpt["hyper_parameters"]["model"])
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}

@@ -17,6 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from tinytransformer.config import CONFIG_DIR
 from tinytransformer.errors import UserError
 
 LAST = "last.ckpt"  # the checkpoint a run resumes from
@@ -67,7 +70,20 @@ def check_resumable(path: str, multirun: bool) -> Path:
         raise UserError(
             f"resume={path}: the run has no checkpoints/{LAST} to resume from; start a new run instead"
         )
+    check_layout(run_dir, f"resume={path}")
     return run_dir
+
+
+def check_layout(run_dir: Path, key: str) -> None:
+    """A UserError for a run dir written by a version of tinytransformer whose layout this one does not read
+    (conf/train.yaml's config_version says which it reads). Nothing in the run dir is changed."""
+    current = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["config_version"]
+    saved = (yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}).get("config_version")
+    if saved != current:
+        raise UserError(
+            f"{key}: written by another version of tinytransformer (config_version {saved}; this one reads "
+            f"{current}); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
+        )
 
 
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are

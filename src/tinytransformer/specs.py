@@ -13,28 +13,14 @@ from typing import Any
 
 from tinytransformer.errors import UserError
 
-# Modules moved into the layer subpackages: run dirs and checkpoints written before still name the old paths.
-MOVED = {
-    "tinytransformer.callbacks.": "tinytransformer.training.callbacks.",
-    "tinytransformer.regularizers.": "tinytransformer.training.regularizers.",
-}
 
-
-def current_target(target: str) -> str:
-    """`target` with a module path from before the move (see MOVED) replaced by today's."""
-    for old, new in MOVED.items():
-        if target.startswith(old):
-            return new + target[len(old) :]
-    return target
-
-
-def resolve(spec: dict[str, Any], key: str, default: str | None = None) -> tuple[type, dict[str, Any]]:
+def resolve(spec: dict[str, Any], key: str) -> tuple[type, dict[str, Any]]:
     """(The class `spec["_target_"]` names, the other keys), for the config key `key` (e.g. `model`).
 
     `_partial_` (Hydra's mark of a class called later with more arguments) is dropped.
     """
     arguments = {k: v for k, v in spec.items() if k not in ("_target_", "_partial_")}
-    target = current_target(spec.get("_target_") or default or "")
+    target = spec.get("_target_") or ""
     if not target:
         raise UserError(f"{key}._target_: missing; name the class as {key}._target_=package.module.Class")
     module_name, _, class_name = str(target).rpartition(".")

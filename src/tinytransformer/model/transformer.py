@@ -217,5 +217,5 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     Any nn.Module class works that takes `vocab_size` and `block_size` and maps ids (B, T) to logits
     (B, T, V). The same spec, stored in checkpoints as plain data, rebuilds the model without Hydra.
     """
-    cls, arguments = resolve(spec, "model", default=DEFAULT_MODEL)
+    cls, arguments = resolve(spec, "model")
     return cls(**arguments)

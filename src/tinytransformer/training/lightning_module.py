@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tinytransformer.data.batches import IGNORE_INDEX, mix_seed
 from tinytransformer.model import build_model
-from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory, legacy_val_history
+from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory
 from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
 from tinytransformer.training.regularizers import build_regularizers
 
@@ -181,9 +181,7 @@ class LanguageModel(L.LightningModule):
         checkpoint["val_history"] = [list(record) for record in self.val_history.records]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.val_history = ValHistory(checkpoint.get("val_history") or legacy_val_history(checkpoint))
-        # Runs from before gradient clipping was a callback counted clipped steps in this buffer.
-        checkpoint["state_dict"].pop("_clip_sums", None)
+        self.val_history = ValHistory(checkpoint["val_history"])
         # A scheduler's state belongs to its schedule: a schedule rebuilt for this config
         # (scheduler.on_resume=rebuild) starts afresh instead, and continue_schedule steps it on.
         saved, planned = checkpoint["hyper_parameters"]["scheduler"], self.hparams.scheduler

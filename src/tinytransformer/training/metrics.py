@@ -78,17 +78,3 @@ class ValHistory:
         for _, loss, _ in self.records:
             best, waited = (loss, 0) if loss < best - min_delta else (best, waited + 1)
         return waited >= patience
-
-
-def legacy_val_history(checkpoint: dict) -> list[tuple[int, float, float]]:
-    """The history of a checkpoint written before ValHistory: its summary's best and last validation (the
-    earlier ones were not kept), its MinMetric state dropped from the weights."""
-    for key in [k for k in checkpoint["state_dict"] if k.startswith("val_loss_best.")]:
-        del checkpoint["state_dict"][key]
-    summary = checkpoint.get("callbacks", {}).get("RunSummary") or {}
-    records = []
-    if "best_step" in summary:
-        records.append((summary["best_step"], summary["best_val_loss"], summary["best_val_bpc"]))
-    if summary.get("final_val_step", summary.get("best_step")) != summary.get("best_step"):
-        records.append((summary["final_val_step"], summary["final_val_loss"], summary["final_val_bpc"]))
-    return records

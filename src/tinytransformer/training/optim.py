@@ -15,15 +15,13 @@ from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(named_parameters: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
     """Decay weight matrices only: biases, LayerNorm weights and position embeddings are not decayed.
 
     Decaying positions or norms pulls them toward zero for no regularisation benefit (GPT-2, nanoGPT).
     """
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in named_parameters:
         (decay if param.dim() >= 2 and "pos_emb" not in name else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -31,31 +29,60 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-# `optimizer.name` of run dirs and checkpoints from before the optimizer was named by its class.
-_BY_NAME = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW"}
-
-
 def optimizer_class(spec: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """(The optimizer class of a conf/optimizer spec, its arguments), checked (specs.resolve)."""
-    spec = dict(spec)
-    if "_target_" not in spec and spec.get("name") in _BY_NAME:
-        spec["_target_"] = _BY_NAME[spec.pop("name")]
     return resolve(spec, "optimizer")
 
 
 def build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
-    """Any torch.optim-style optimizer a spec names (`_target_: torch.optim.AdamW`, its arguments), over the
-    model's parameters. With `weight_decay`, only weight matrices are decayed (see parameter_groups)."""
+    """The optimizer a spec names (`_target_` and its arguments) over the model's trainable parameters.
+
+    What `_target_` is called with depends on the name of its first argument:
+    - `named_parameters`: the model's trainable (name, parameter) pairs, so that it can treat parameters
+      by role (embeddings, the output head, gains, hidden matrices) and decide its own groups and decay
+      (tests/extensions/hybrid_optim.py);
+    - any other (every torch.optim class): the parameters, in two groups when the spec has `weight_decay`,
+      so that only weight matrices are decayed (see parameter_groups).
+    A constructor that refuses one of the parameters raises a UserError naming it.
+    """
     cls, arguments = optimizer_class(spec)
-    weight_decay = arguments.pop("weight_decay", None)
-    params = (
-        parameter_groups(model, weight_decay)
-        if weight_decay is not None
-        else [p for p in model.parameters() if p.requires_grad]
-    )
     if "betas" in arguments:
         arguments["betas"] = tuple(arguments["betas"])  # a YAML list
-    return cls(params, **arguments)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    by_name = takes_named_parameters(cls)
+    weight_decay = None if by_name else arguments.pop("weight_decay", None)
+
+    def given(pairs: list[tuple[str, nn.Parameter]]) -> list:
+        if by_name:
+            return pairs
+        return [p for _, p in pairs] if weight_decay is None else parameter_groups(pairs, weight_decay)
+
+    try:
+        return cls(given(named), **arguments)
+    except (ValueError, TypeError) as err:
+        refused = [(n, p) for n, p in named if _refuses(cls, given([(n, p)]), arguments)]
+        if not refused or len(refused) == len(named):  # the arguments are wrong, not a parameter
+            raise
+        name, param = refused[0]
+        raise UserError(
+            f"optimizer._target_={spec['_target_']} refuses parameter {name} (shape {tuple(param.shape)}): "
+            f"{str(err).splitlines()[0]}; route it to another optimizer with a class whose first argument is "
+            "named_parameters (see docs/extending.md)"
+        ) from None
+
+
+def takes_named_parameters(cls: type) -> bool:
+    """Whether an optimizer's first argument is `named_parameters` (see build_optimizer)."""
+    first = next(iter(inspect.signature(cls).parameters), None)
+    return first == "named_parameters"
+
+
+def _refuses(cls: type, params: list, arguments: dict[str, Any]) -> bool:
+    try:
+        cls(params, **arguments)
+    except (ValueError, TypeError):
+        return True
+    return False
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float):
@@ -80,18 +107,10 @@ class WarmupCosine(LambdaLR):
         super().__init__(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
 
 
-# `scheduler.name` of run dirs and checkpoints from before schedules were named by their class.
-_SCHEDULE_BY_NAME = {"cosine": "tinytransformer.training.optim.WarmupCosine", "none": None}
-
-
 def scheduler_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """A conf/scheduler spec as checkpoints keep it: `_target_` (None: a constant lr) and the class's
     arguments. `on_resume` (how a resumed run treats the schedule) and `_partial_` are not part of it."""
-    spec = {k: v for k, v in spec.items() if k not in ("on_resume", "_partial_")}
-    if "_target_" not in spec and spec.get("name") in _SCHEDULE_BY_NAME:
-        target = _SCHEDULE_BY_NAME[spec.pop("name")]
-        spec = {"_target_": target, **spec}
-    return spec
+    return {k: v for k, v in spec.items() if k not in ("on_resume", "_partial_")}
 
 
 def scheduler_class(spec: dict[str, Any]) -> tuple[type[LRScheduler] | None, dict[str, Any]]:

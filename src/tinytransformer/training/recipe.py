@@ -21,7 +21,7 @@ from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.errors import UserError
-from tinytransformer.model import DEFAULT_MODEL
+from tinytransformer.model import build_model
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
 from tinytransformer.training.callbacks import BestCheckpoint, RunSummary
@@ -31,12 +31,17 @@ from tinytransformer.training.callbacks.summary import stop_reason
 from tinytransformer.training.ddp import launch_settings
 from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import LanguageModel
-from tinytransformer.training.optim import optimizer_class, resume_schedule, scheduler_class, scheduler_spec
+from tinytransformer.training.optim import (
+    build_optimizer,
+    optimizer_class,
+    resume_schedule,
+    scheduler_class,
+    scheduler_spec,
+)
 from tinytransformer.training.precision import on_gpu, resolve_precision
 from tinytransformer.training.profiler import NullProfiler
 from tinytransformer.training.regularizers import build_regularizers
 from tinytransformer.training.report import format_summary
-from tinytransformer.upgrades import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,6 @@ log_lightning_via_root()
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
     """Train (or resume from `ckpt_path`) as `cfg` says, writing everything under `output_dir`."""
-    upgrade(cfg)  # a resumed run dir's config may be older than this code
     validate(cfg)
     resolve_precision(cfg)
     output_dir = Path(output_dir)
@@ -141,10 +145,14 @@ def resumed_schedule(ckpt: dict[str, Any], planned: dict[str, Any], on_resume: s
 
 def check_components(cfg: DictConfig) -> None:
     """A UserError, before any work, for a model, optimizer, scheduler or regularizer spec that cannot be
-    built: the builders' own checks, with their fallbacks for configs saved before `_target_` keys."""
+    built: the builders' own checks."""
     model_spec = {k: v for k, v in to_plain(cfg.model).items() if k != "compile"}
-    resolve(model_spec, "model", default=DEFAULT_MODEL)
+    resolve(model_spec, "model")
     optimizer_class(to_plain(cfg.optimizer))
+    with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+        # The data sets vocab_size; any stands in here, with the same parameter names and dimensions.
+        model = build_model({**model_spec, "vocab_size": 2, "block_size": cfg.data.block_size})
+        build_optimizer(model, to_plain(cfg.optimizer))  # one line for a parameter it refuses
     scheduler_class(to_plain(cfg.scheduler))
     build_regularizers(to_plain(cfg.regularizers) if cfg.get("regularizers") else {}, model=None)
     check_loggers(cfg)
