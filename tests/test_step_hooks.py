@@ -28,11 +28,11 @@ class HookRecorder(PassThroughProfiler):
 
 def acting(trainer: L.Trainer, call: str) -> tuple[str, str] | None:
     """(hook, class name) for a hook call that runs code of ours (a hook the class overrides), else None."""
-    match = re.fullmatch(r"\[(Callback|LightningModule)\](.+)\.(\w+)", call)
+    match = re.fullmatch(r"\[(Callback|LightningModule|Strategy)\](.+)\.(\w+)", call)
     if match is None:
         return None
     kind, key, hook = match.groups()
-    if kind == "LightningModule":
+    if kind != "Callback":  # the strategy calls the module's own step methods (training_step)
         obj, base = trainer.lightning_module, L.LightningModule
     else:
         (obj,) = [c for c in trainer.callbacks if c.state_key == key]
