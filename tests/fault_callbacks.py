@@ -8,7 +8,6 @@ import os
 import signal
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint
 
 
 class NonFiniteLossOnOneRank(L.Callback):
@@ -22,11 +21,10 @@ class NonFiniteLossOnOneRank(L.Callback):
             pl_module._train_sums[0] = math.nan
 
 
-class KillAfterFinalValidation(Checkpoint):
-    """SIGKILLs the run right after its final validation saved last.ckpt, before any on_train_end. A
-    Checkpoint only so that its hooks run after LastCheckpoint's: Lightning moves checkpoint callbacks to
-    the end of the list, in their order."""
+class KillAfterFinalValidation(L.Callback):
+    """SIGKILLs the run right after its final validation saved last.ckpt, before any on_train_end: at the
+    end of the (only) epoch, which Lightning closes between the two."""
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.global_step == trainer.max_steps:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == trainer.max_steps:
             os.kill(os.getpid(), signal.SIGKILL)

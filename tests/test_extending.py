@@ -241,7 +241,7 @@ def test_a_run_dir_an_older_version_wrote_is_refused_in_one_line_and_left_as_it_
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [
         f"error: resume={run}: written by another version of tinytransformer (config_version None; this one "
-        "reads 2); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
+        "reads 3); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
     ]
     assert files_of(run) == before
 
@@ -267,3 +267,21 @@ def test_a_callback_from_outside_src_joins_the_default_set_by_yaml(tmp_path, mon
     metrics = json.loads((tmp_path / "metrics.json").read_text())  # the default set ran beside it
     assert [r["step"] for r in records] == [20, 40]
     assert records[-1]["val_loss"] == pytest.approx(metrics["final_val_loss"])
+
+
+def test_a_stock_lightning_callback_by_yaml_alone_trains_resumes_and_evaluates(tmp_path):
+    every = tmp_path / "checkpoints" / "every_10_steps"
+    overrides = [*BASE, "model=tiny", "callbacks=[default,every_10_steps]"]
+    train(compose_train([*overrides, "trainer.max_steps=20"], tmp_path), tmp_path)
+    assert sorted(p.name for p in every.iterdir()) == ["step=10.ckpt", "step=20.ckpt"]
+    resumed = train(
+        compose_train([*overrides, "trainer.max_steps=40"], tmp_path),
+        tmp_path,
+        ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"),
+    )
+    assert resumed["steps"] == 40 and resumed["stop_reason"] == "max_steps"
+    assert sorted(p.name for p in every.iterdir()) == [f"step={n}.ckpt" for n in (10, 20, 30, 40)]
+    evaluated = run_cli("evaluate.py", f"ckpt_path={every / 'step=40.ckpt'}", "splits=[val]")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    final = json.loads((tmp_path / "metrics.json").read_text())["final_val_loss"]
+    assert json.loads(evaluated.stdout)["val/loss"] == pytest.approx(final, rel=1e-5)

@@ -39,13 +39,13 @@ def trained(cfg: DictConfig) -> dict[str, Any]:
         "block_size": cfg.data.block_size,
         "batch_size": cfg.data.batch_size,
         "accumulate_grad_batches": _select(cfg, "trainer.accumulate_grad_batches", off=1),
-        "model": _class_name(model.get("_target_") or "TinyTransformer"),  # none: saved before it existed
+        "model": _class_name(model._target_),
         "d_model": model.get("d_model", 0),
         "n_heads": model.get("n_heads", 0),
         "n_layers": model.get("n_layers", 0),
-        "optimizer": _class_name(optimizer.get("_target_") or optimizer.get("name")),
+        "optimizer": _class_name(optimizer._target_),
         "lr": float(optimizer.get("lr", 0.0)),
-        "scheduler": _class_name(cfg.scheduler.get("_target_") or cfg.scheduler.get("name") or "none"),
+        "scheduler": _class_name(cfg.scheduler._target_ or "none"),
         "max_steps": cfg.trainer.max_steps,
         "precision": str(cfg.trainer.precision),
     }

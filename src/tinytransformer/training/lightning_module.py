@@ -94,6 +94,7 @@ class LanguageModel(L.LightningModule):
         # Each rank's own sums: DDP would copy rank 0's buffers over the others' before every forward.
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["_train_sums"])
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
+        self.stop_reason: str | None = None  # set by stop(): why a callback ended the run
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name before and after every hook it calls, ~45 times a step. It is a
@@ -176,6 +177,13 @@ class LanguageModel(L.LightningModule):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)
         self._finite_until_step = self.global_step
+
+    def stop(self, reason: str) -> None:
+        """End training after this step, for `reason` (metrics.json's stop_reason): how a callback stops a
+        run (sample quality, an Optuna pruner). Lightning validates once more, so the results describe the
+        final weights."""
+        self.trainer.should_stop = True
+        self.stop_reason = reason
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = [list(record) for record in self.val_history.records]

@@ -47,9 +47,9 @@ class LanguageModelMetrics(Metric):
 class ValHistory:
     """Every validation's (step, val loss, val bits/char): the run's one record of its best val loss.
 
-    val/loss_best, the run summary, the best checkpoint and early stopping all read it, so they cannot
-    disagree about which step was best. It is saved in checkpoints as plain data: a resumed run goes on with
-    its history.
+    val/loss_best, the run summary and the hp/ metrics read it; the best checkpoint and early stopping
+    (Lightning's, monitoring `val/loss`) count a new best as it does: a strictly lower loss, so the earliest
+    of equals. It is saved in checkpoints as plain data: a resumed run goes on with its history.
     """
 
     def __init__(self, records: list | None = None):
@@ -66,15 +66,3 @@ class ValHistory:
     def best(self) -> tuple[int, float, float] | None:
         """(step, val loss, val bits/char) of the lowest val loss, the earliest of equals; None before any."""
         return min(self.records, key=lambda r: r[1]) if self.records else None
-
-    def is_best(self, step: int) -> bool:
-        best = self.best
-        return best is not None and best[0] == step
-
-    def stalled(self, patience: int, min_delta: float = 0.0) -> bool:
-        """Whether the last `patience` validations each failed to improve on the best by more than
-        `min_delta`: Lightning's EarlyStopping rule, replayed over the history."""
-        best, waited = math.inf, 0
-        for _, loss, _ in self.records:
-            best, waited = (loss, 0) if loss < best - min_delta else (best, waited + 1)
-        return waited >= patience

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
 from tinytransformer import hparams
@@ -24,7 +24,7 @@ from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
 from tinytransformer.runs import FINISHED
 from tinytransformer.specs import resolve
-from tinytransformer.training.callbacks import BestCheckpoint, RunSummary
+from tinytransformer.training.callbacks import LastCheckpoint, RunSummary
 from tinytransformer.training.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
 from tinytransformer.training.callbacks.summary import stop_reason
@@ -181,9 +181,14 @@ def _fused_supported(accelerator: str) -> bool:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """Every callback the config lists (conf/callbacks/default.yaml: a default run's), from its YAML."""
+    """Every callback the config lists (conf/callbacks/default.yaml: a default run's), from its YAML.
+
+    LastCheckpoint goes last: Lightning runs checkpoint callbacks after the others, in this order, and
+    last.ckpt must hold the other checkpoints' state after a validation (the best file they just wrote).
+    """
     hparams.register_resolver()  # conf/callbacks/hparams.yaml: `params: ${run_hparams:}`
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    return sorted(callbacks, key=lambda c: isinstance(c, LastCheckpoint))
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
@@ -227,7 +232,13 @@ def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, bes
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The file of the lowest val loss (conf/callbacks/best_checkpoint.yaml), if one was written."""
     best = [
-        c.best_model_path for c in trainer.callbacks if isinstance(c, BestCheckpoint) and c.best_model_path
+        c.best_model_path
+        for c in trainer.callbacks
+        if isinstance(c, ModelCheckpoint)
+        and c.monitor == "val/loss"
+        and c.mode == "min"
+        and c.best_model_path
     ]
     return best[0] if best else None

@@ -1,7 +1,6 @@
 """Lightning callbacks, each built from its YAML in conf/callbacks/ (conf/callbacks/default.yaml lists a
 default run's)."""
 
-from tinytransformer.training.callbacks.best import BestCheckpoint, EarlyStopping
 from tinytransformer.training.callbacks.clipping import GradientClipping
 from tinytransformer.training.callbacks.hparams import HParamsLogger
 from tinytransformer.training.callbacks.lr import LearningRateLogger
@@ -13,8 +12,6 @@ from tinytransformer.training.callbacks.summary import RunSummary
 from tinytransformer.training.callbacks.throughput import Throughput
 
 __all__ = [
-    "BestCheckpoint",
-    "EarlyStopping",
     "GradientClipping",
     "HParamsLogger",
     "LastCheckpoint",

@@ -41,8 +41,7 @@ class OptunaPruning(L.Callback):
             self.trial.report(float(trainer.callback_metrics["val/loss"]), step)
             prune = trainer.state.fn == "fit" and not trainer.should_stop and self.trial.should_prune()
         if trainer.strategy.broadcast(prune, src=0):
-            trainer.should_stop = True
-            trainer.stop_reason = "pruned"  # how our callbacks say why fit() returned
+            pl_module.stop("pruned")
             if self.trial is not None:
                 self.trial.set_user_attr(PRUNED_AT, step)  # the sweeper tells the trial PRUNED
                 log.info(f"trial {self.trial_number} pruned at step {step} by {type(self.pruner).__name__}")

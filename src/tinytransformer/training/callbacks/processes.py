@@ -46,6 +46,8 @@ def quiet_lightning_notices() -> None:
     warnings.filterwarnings(
         "ignore", message=r"It is recommended to use `self\.log\('(val/|test/|train/clip_)"
     )
+    # A resumed run's ModelCheckpoint finds its own earlier files in its dir, as it should.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class ProcessSetup(L.Callback):

@@ -45,8 +45,8 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
     SIGTERM (preemption, `kill`) and SIGUSR2 (SLURM's time-limit notice) do not kill the run: at the next
     such point last.ckpt is written and RunInterrupted is raised (the entry point then hands SIGUSR2 on to
     submitit, which requeues the job). Writes are atomic (temporary file + rename): a SIGKILL mid-write
-    keeps the previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, so it saves
-    their updated state (BestCheckpoint's included).
+    keeps the previous file. Being a `Checkpoint`, Lightning runs it after the other callbacks, and the
+    recipe puts it after the other checkpoints, so it saves their updated state (the best checkpoint's too).
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 500):

@@ -53,8 +53,7 @@ class SampleGeneration(OptimizerStepCallback):
                 scores.get(self.scorer.quality_key, 0.0) >= self.stop_at_quality
             )
             if reached:
-                trainer.should_stop = True
-                trainer.stop_reason = "sample_quality"
+                pl_module.stop("sample_quality")
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str:
         tokenizer = trainer.datamodule.tokenizer

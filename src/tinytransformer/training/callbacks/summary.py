@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
@@ -160,8 +160,11 @@ def run_facts(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any
 
 def stop_reason(trainer: L.Trainer) -> str:
     """Why fit() returned: the first rule that fired."""
-    if getattr(trainer, "stop_reason", None):
-        return trainer.stop_reason  # set by our own callbacks (early stopping, sample quality, signals, ...)
+    reason = getattr(trainer.lightning_module, "stop_reason", None)
+    if reason:  # a callback's LanguageModel.stop(reason): sample quality, an Optuna pruner
+        return reason
+    if any(isinstance(c, EarlyStopping) and c.wait_count >= c.patience for c in trainer.callbacks):
+        return "early_stopping"
     if trainer.interrupted:
         return "interrupted"
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
