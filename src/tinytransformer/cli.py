@@ -60,7 +60,7 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
         from tinytransformer.config import validate
 
         validate(cfg)  # first: a typo costs no torch or Lightning import
-        from tinytransformer.training.recipe import check_components
+        from tinytransformer.training.preflight import check_components
 
         check_components(cfg)  # every class importable and its arguments known, before any work
     return cfg

@@ -90,7 +90,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_model(model: dict[str, Any]) -> None:
     """TinyTransformer's arguments against its TransformerConfig (another class's are checked against its
-    signature, by training.recipe.check_components)."""
+    signature, by training.preflight.check_components)."""
     from tinytransformer.model.transformer import DEFAULT_MODEL, TinyTransformer, TransformerConfig
 
     target = str(model.get("_target_") or "")

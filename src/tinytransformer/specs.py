@@ -47,3 +47,16 @@ def check_arguments(cls: type, arguments: dict[str, Any], key: str) -> None:
             f"{key}.{unknown[0]}: {name} takes no argument {unknown[0]!r}; its arguments are "
             f"{', '.join(parameters)} (remove the key with ~{key}.{unknown[0]})"
         )
+
+
+def check_required(cls: type, arguments: dict[str, Any], key: str, given: int = 0) -> None:
+    """A UserError naming the first argument `cls` needs that `arguments` lack; its first `given`
+    arguments are passed by the code that builds it (a scheduler's optimizer)."""
+    parameters = list(inspect.signature(cls).parameters.values())[given:]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p.name for p in parameters if p.default is p.empty and p.kind not in variadic]
+    missing = [name for name in required if name not in arguments]
+    if missing:
+        raise UserError(
+            f"{key}.{missing[0]}: missing; {cls.__name__} needs it (set it with +{key}.{missing[0]}=<value>)"
+        )

@@ -17,6 +17,17 @@ from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory
 from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
 from tinytransformer.training.regularizers import build_regularizers
 
+# The metrics a callback can monitor after each validation (EarlyStopping, ModelCheckpoint: `monitor`).
+VALIDATION_METRICS = (
+    "val/loss",
+    "val/bpc",
+    "val/ppl",
+    "val/acc",
+    "val/loss_best",
+    "train/loss_avg",
+    "train/bpc_avg",
+)
+
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite: training stops, the last good checkpoint stays."""

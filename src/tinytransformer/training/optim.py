@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from tinytransformer.errors import UserError
-from tinytransformer.specs import resolve
+from tinytransformer.specs import check_required, resolve
 
 
 def parameter_groups(named_parameters: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -125,20 +125,8 @@ def scheduler_class(spec: dict[str, Any]) -> tuple[type[LRScheduler] | None, dic
             )
         return None, {}
     cls, arguments = resolve(spec, "scheduler")
-    _check_required(cls, arguments)
+    check_required(cls, arguments, "scheduler", given=1)  # the optimizer comes first
     return cls, arguments
-
-
-def _check_required(cls: type, arguments: dict[str, Any]) -> None:
-    """A UserError naming the first argument `cls` needs that `arguments` lack (the optimizer comes first)."""
-    parameters = list(inspect.signature(cls).parameters.values())[1:]
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    required = [p.name for p in parameters if p.default is p.empty and p.kind not in variadic]
-    missing = [name for name in required if name not in arguments]
-    if missing:
-        raise UserError(
-            f"scheduler.{missing[0]}: missing; {cls.__name__} needs it (set it with +scheduler.{missing[0]}=<value>)"
-        )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> LRScheduler | None:

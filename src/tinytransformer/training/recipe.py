@@ -20,10 +20,7 @@ from tinytransformer import hparams
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
-from tinytransformer.errors import UserError
-from tinytransformer.model import build_model
 from tinytransformer.runs import FINISHED
-from tinytransformer.specs import resolve
 from tinytransformer.training.callbacks import LastCheckpoint, RunSummary
 from tinytransformer.training.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
@@ -32,15 +29,12 @@ from tinytransformer.training.ddp import launch_settings
 from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import LanguageModel
 from tinytransformer.training.optim import (
-    build_optimizer,
-    optimizer_class,
     resume_schedule,
-    scheduler_class,
     scheduler_spec,
 )
 from tinytransformer.training.precision import on_gpu, resolve_precision
+from tinytransformer.training.preflight import check_loggers
 from tinytransformer.training.profiler import NullProfiler
-from tinytransformer.training.regularizers import build_regularizers
 from tinytransformer.training.report import format_summary
 
 log = logging.getLogger(__name__)
@@ -143,39 +137,6 @@ def resumed_schedule(ckpt: dict[str, Any], planned: dict[str, Any], on_resume: s
     return schedule
 
 
-def check_components(cfg: DictConfig) -> None:
-    """A UserError, before any work, for a model, optimizer, scheduler or regularizer spec that cannot be
-    built: the builders' own checks."""
-    model_spec = {k: v for k, v in to_plain(cfg.model).items() if k != "compile"}
-    resolve(model_spec, "model")
-    optimizer_class(to_plain(cfg.optimizer))
-    with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
-        # The data sets vocab_size; any stands in here, with the same parameter names and dimensions.
-        model = build_model({**model_spec, "vocab_size": 2, "block_size": cfg.data.block_size})
-        build_optimizer(model, to_plain(cfg.optimizer))  # one line for a parameter it refuses
-    scheduler_class(to_plain(cfg.scheduler))
-    build_regularizers(to_plain(cfg.regularizers) if cfg.get("regularizers") else {}, model=None)
-    check_loggers(cfg)
-
-
-# The packages a logger class needs beyond ours, and the extra (pyproject.toml) that installs them.
-LOGGER_EXTRAS = {
-    "MLFlowLogger": ("mlflow", ["mlflow", "sqlalchemy", "alembic"]),
-    "WandbLogger": ("wandb", ["wandb"]),
-}
-
-
-def check_loggers(cfg: DictConfig) -> None:
-    """A UserError for a chosen logger whose optional packages are not installed."""
-    import importlib.util
-
-    for name, spec in (cfg.get("logger") or {}).items():
-        target = str((spec or {}).get("_target_", ""))
-        extra, packages = LOGGER_EXTRAS.get(target.rpartition(".")[2], ("", []))
-        if any(importlib.util.find_spec(package) is None for package in packages):
-            raise UserError(f"logger={name} needs the {extra} extra: pip install -e '.[{extra}]'")
-
-
 def _fused_supported(accelerator: str) -> bool:
     return accelerator in ("cpu", "gpu", "cuda", "auto")
 
@@ -199,7 +160,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
-    check_loggers(cfg)  # a sweep's jobs too (preflight checks a single run)
+    check_loggers(cfg)  # a sweep's jobs too (the command line's pre-flight checks a single run)
     _finish_wandb_run()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     # Lightning adds a checkpoint callback and a progress bar of its own unless told not to: a run without
