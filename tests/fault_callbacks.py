@@ -18,7 +18,7 @@ class NonFiniteLossOnOneRank(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step - 1:
-            pl_module._train_sums[0] = math.nan
+            pl_module._loss_sum.fill_(math.nan)
 
 
 class KillAfterFinalValidation(L.Callback):

@@ -46,10 +46,6 @@ class NonFiniteLoss(Exception):
         return type(self), self.details
 
 
-def _add_kept_steps(module: LanguageModel, prefix: str, keep_vars: bool) -> None:
-    module.train_sums()  # before the state dict reads _train_sums
-
-
 class LanguageModel(L.LightningModule):
     """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
 
@@ -65,8 +61,6 @@ class LanguageModel(L.LightningModule):
             uninterrupted one.
         regularizers: specs of the regularizers that need code, by name (tinytransformer.training.regularizers).
     """
-
-    KEPT_STEPS = 1000  # at most this many steps' losses are kept before train_sums() adds them
 
     def __init__(
         self,
@@ -93,28 +87,17 @@ class LanguageModel(L.LightningModule):
         self._one_char_per_token = all(length == 1 for length in token_char_lengths)
         self.test_metrics = LanguageModelMetrics(token_char_lengths)
         self.val_history = ValHistory()  # the one record of the best val loss; saved in checkpoints
-        # Since the last validation, so that their means are logged without a host sync per step: [train
-        # loss, train bits/char (comparable with a corpus's entropy floor), steps]. Each step only keeps its
-        # loss (and bits, for tokens of several chars) in _train_steps; train_sums() adds them into this
-        # buffer at log steps, checkpoints (state_dict) and validation: a small device op costs ~30 us
-        # between a step's big ones (caches cold), 0.07 % of a CPU step each.
-        # A NaN or infinite loss makes the loss sum non-finite: check_finite() reads it then.
-        self.register_buffer("_train_sums", torch.zeros(3))
-        self._train_steps: list[torch.Tensor] = []
-        self.register_state_dict_pre_hook(_add_kept_steps)  # a function, not a lambda: ddp_spawn pickles this
+        # The train loss and its bits/char (comparable with a corpus's entropy floor) summed on the device
+        # since the last validation, so that their means are logged with no host sync per step. Buffers, so
+        # checkpoints hold them (and on_save_checkpoint the count): a resumed run's means are an
+        # uninterrupted one's. A NaN or infinite loss makes the loss sum non-finite: check_finite() reads it.
+        self.register_buffer("_loss_sum", torch.zeros(()))
+        self.register_buffer("_bits_sum", torch.zeros(()))  # tokens of several chars; else loss / ln 2
+        self._steps_summed = 0
         # Each rank's own sums: DDP would copy rank 0's buffers over the others' before every forward.
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["_train_sums"])
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["_loss_sum", "_bits_sum"])
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
         self.stop_reason: str | None = None  # set by stop(): why a callback ended the run
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets _current_fx_name before and after every hook it calls, ~45 times a step. It is a
-        # str or None, which nn.Module.__setattr__ would store as a plain attribute too, in 1.4 us against
-        # 0.2 us.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -141,14 +124,11 @@ class LanguageModel(L.LightningModule):
         loss = self.loss(logits, y)
         for regularizer in self.regularizers:
             loss = regularizer.loss(logits, y, loss)
-        if self._one_char_per_token:  # char tokenizer: bits/char is the loss in bits (train_sums)
-            self._train_steps.append(loss.detach())
-        else:
+        self._loss_sum += loss.detach()
+        if not self._one_char_per_token:  # else bits/char is the loss in bits
             chars = self.val_metrics.char_lengths[y].sum()  # training targets are never IGNORE_INDEX
-            bits = loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
-            self._train_steps.append(torch.stack((loss.detach(), bits)))
-        if len(self._train_steps) >= self.KEPT_STEPS:  # a run without log-step checks or validation
-            self.train_sums()
+            self._bits_sum += loss.detach() * y.numel() / (math.log(2) * chars.clamp_min(1))
+        self._steps_summed += 1
         if self._logging_step():
             # Not prog_bar=True: Lightning would then call .item() on it after every step until the next
             # log, a host sync per step on a GPU. StepProgressBar shows it, reading it once per refresh.
@@ -160,22 +140,6 @@ class LanguageModel(L.LightningModule):
         so step metrics are logged only on the steps that are written (every trainer.log_every_n_steps)."""
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
 
-    def train_sums(self) -> torch.Tensor:
-        """[train loss, bits/char, steps] summed since the last validation (the steps kept so far added in).
-
-        Added one step at a time, in order: float sums then do not depend on when they are added (a stop
-        signal saves last.ckpt at any step), and a resumed run's sums are an uninterrupted one's to the bit.
-        """
-        if self._train_steps:
-            steps = torch.stack(self._train_steps).to(self._train_sums)
-            if steps.ndim == 1:  # losses of one-char tokens: bits are the loss in bits
-                steps = torch.stack((steps, steps / math.log(2)), dim=1)
-            rows = torch.cat((steps, steps.new_ones(len(steps), 1)), dim=1)
-            for row in rows:
-                self._train_sums.add_(row)
-            self._train_steps.clear()
-        return self._train_sums
-
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if a training loss since the last check was NaN or infinite, on any process.
 
@@ -183,7 +147,7 @@ class LanguageModel(L.LightningModule):
         together (one that stopped alone would leave the others waiting at their next collective until
         the process group times out). Every rank calls this at the same steps.
         """
-        loss_sum = float(self.trainer.strategy.reduce(self.train_sums()[0].clone(), reduce_op="sum"))
+        loss_sum = float(self.trainer.strategy.reduce(self._loss_sum.clone(), reduce_op="sum"))
         if not math.isfinite(loss_sum):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             raise NonFiniteLoss(self._finite_until_step + 1, self.global_step, lr, loss_sum)
@@ -198,9 +162,11 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["val_history"] = [list(record) for record in self.val_history.records]
+        checkpoint["train_steps_summed"] = self._steps_summed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = ValHistory(checkpoint["val_history"])
+        self._steps_summed = checkpoint["train_steps_summed"]
         # A scheduler's state belongs to its schedule: a schedule rebuilt for this config
         # (scheduler.on_resume=rebuild) starts afresh instead, and continue_schedule steps it on.
         saved, planned = checkpoint["hyper_parameters"]["scheduler"], self.hparams.scheduler
@@ -247,12 +213,14 @@ class LanguageModel(L.LightningModule):
         self.val_history.add(self.global_step, float(values["loss"]), float(values["bpc"]))
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
         self.log("val/loss_best", self.val_history.best[1])
-        loss_sum, bits_sum, steps = self.train_sums()
-        if steps > 0:
+        if self._steps_summed > 0:
             self.check_finite()  # before the sums restart
-            self.log("train/loss_avg", loss_sum / steps, sync_dist=True)
-            self.log("train/bpc_avg", bits_sum / steps, sync_dist=True)
-            self._train_sums.zero_()
+            bits_sum = self._loss_sum / math.log(2) if self._one_char_per_token else self._bits_sum
+            self.log("train/loss_avg", self._loss_sum / self._steps_summed, sync_dist=True)
+            self.log("train/bpc_avg", bits_sum / self._steps_summed, sync_dist=True)
+            self._loss_sum.zero_()
+            self._bits_sum.zero_()
+            self._steps_summed = 0
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
