@@ -49,6 +49,10 @@ class NonFiniteLoss(Exception):
 class LanguageModel(L.LightningModule):
     """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
 
+    What callbacks use of it, and nothing else: `model` (the nn.Module), `val_history` (every validation's
+    loss: the run's best), `stop(reason)` (end the run after this step), `check_finite()` (raise
+    NonFiniteLoss for a NaN or infinite train loss since the last check) and `hparams`.
+
     Args:
         model: the model's spec, `_target_` (its class) and its arguments, vocab_size and block_size
             included (model.build_model).
