@@ -152,27 +152,52 @@ def test_a_resumed_run_keeps_its_checkpoints_schedule_unless_told_to_rebuild_it(
 class NamedOnly(torch.optim.SGD):
     """An optimizer that takes the model's named parameters and keeps their names."""
 
-    def __init__(self, named_parameters, lr: float = 0.1):
+    def __init__(self, named_parameters, lr: float = 0.1, weight_decay: float = 0.0):
         self.names = [name for name, _ in named_parameters]
-        super().__init__([p for _, p in named_parameters], lr=lr)
+        super().__init__([p for _, p in named_parameters], lr=lr, weight_decay=weight_decay)
 
 
 def test_an_optimizer_whose_first_argument_is_named_parameters_gets_the_trainable_names_and_the_decay():
     model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 5))
     model[0].weight.requires_grad_(False)
-    optimizer = build_optimizer(model, {"_target_": f"{__name__}.NamedOnly", "lr": 0.5})
+    optimizer = build_optimizer(model, {"_target_": f"{__name__}.NamedOnly", "lr": 0.5, "weight_decay": 0.1})
     assert optimizer.names == ["1.weight", "1.bias"]
-    assert optimizer.param_groups[0]["lr"] == 0.5
+    assert len(optimizer.param_groups) == 1  # its own groups: no decay split is made for it
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.5, 0.1)
 
 
 def test_an_optimizer_that_refuses_one_parameter_is_a_user_error_naming_it():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     with pytest.raises(
         UserError,
-        match=r"^optimizer._target_=torch.optim.Muon refuses parameter 0.bias \(shape \(4,\)\): Muon only supports 2D",
+        match=r"^optimizer._target_=torch.optim.Muon fails on parameter 0.bias \(shape \(4,\)\): Muon only supports 2D",
     ):
         build_optimizer(model, {"_target_": "torch.optim.Muon", "lr": 0.01})
     with pytest.raises(
         ValueError, match="Invalid learning rate"
     ):  # the arguments, not a parameter: its own error
         build_optimizer(model, {"_target_": "torch.optim.SGD", "lr": -1.0})
+
+
+class MatricesOnlyLr(torch.optim.SGD):
+    """Takes named parameters; its `matrix_lr` reaches only the 2-D ones, so a bad one fails only with them."""
+
+    def __init__(self, named_parameters, lr: float = 0.1, matrix_lr: float = 0.1):
+        groups = [{"params": [p for _, p in named_parameters if p.ndim != 2], "lr": lr}]
+        matrices = [p for _, p in named_parameters if p.ndim == 2]
+        if matrices:
+            if matrix_lr < 0:
+                raise ValueError(f"Invalid matrix_lr: {matrix_lr}")
+            groups.append({"params": matrices, "lr": matrix_lr})
+        super().__init__(groups, lr=lr)
+
+
+def test_an_argument_that_fails_with_some_parameters_only_is_named_in_the_line_that_names_the_first():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    with pytest.raises(
+        UserError,
+        match=r"^optimizer._target_=\S+ fails on parameter 0.weight \(shape \(4, 4\)\): Invalid matrix_lr: -1.0; if it cannot",
+    ):
+        build_optimizer(model, {"_target_": f"{__name__}.MatricesOnlyLr", "matrix_lr": -1.0})
+    with pytest.raises(ValueError, match="Invalid learning rate"):  # wrong for every parameter: its own error
+        build_optimizer(model, {"_target_": f"{__name__}.MatricesOnlyLr", "lr": -1.0})

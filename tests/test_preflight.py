@@ -86,3 +86,27 @@ def test_a_stock_callback_a_run_can_use_trains_beside_the_default_set(callback, 
     cfg = compose_train([*TINY_RUN, "trainer.max_steps=20", "test=false", f"{STOCK}.{callback}"], tmp_path)
     check_components(cfg)
     assert train(cfg, tmp_path)["steps"] == 20
+
+
+@pytest.mark.parametrize(
+    "monitor", ["train/loss", "train/grad_norm", "'${callbacks.best_checkpoint.monitor}'"]
+)
+def test_a_monitor_of_a_metric_the_run_logs_is_taken_also_through_an_interpolation(monitor, tmp_path):
+    check_components(compose_train([*TINY_RUN, f"callbacks.early_stopping.monitor={monitor}"], tmp_path))
+
+
+def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_training(tmp_path):
+    from tinytransformer.training import recipe
+
+    cfg = compose_train([*TINY_RUN, f"{STOCK}.BackboneFinetuning"], tmp_path)
+    with pytest.raises(UserError, match="^callbacks.extra: BackboneFinetuning cannot be used here"):
+        recipe.build_trainer(cfg, tmp_path, [])  # where a sweep's job checks it: no pre-flight there
+
+
+def test_early_stoppings_patience_cannot_change_on_resume():
+    from tinytransformer.config import CONFIG_DIR
+    from tinytransformer.runs import check_resume_overrides
+
+    with pytest.raises(UserError, match=r"^callbacks.early_stopping.patience=9: a resumed run restores"):
+        check_resume_overrides(["callbacks.early_stopping.patience=9"], CONFIG_DIR)
+    check_resume_overrides(["trainer.max_steps=90"], CONFIG_DIR)  # a key it does not restore

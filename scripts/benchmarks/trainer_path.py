@@ -48,8 +48,7 @@ class StepWindowTimer(L.Callback):
             synchronize(pl_module.device)
             seconds = time.perf_counter() - self._start
             self.segment = Segment(seconds, float(outputs["loss"]), pl_module.model.num_parameters())
-            trainer.should_stop = True
-            trainer.stop_reason = "benchmark_window"  # how our own callbacks say why fit() returned
+            pl_module.stop("benchmark_window")
 
 
 def compose_trainer_config(overrides: list[str], output_dir: Path):
@@ -84,7 +83,7 @@ def trainer_fit(overrides: list[str], output_dir: Path, dm, timer: L.Callback) -
     trainer = build_trainer(cfg, output_dir, [*build_callbacks(cfg), timer])
     gc.collect()  # the previous fit's garbage is collected now, not during the timed steps
     trainer.fit(module, datamodule=dm, weights_only=True)
-    if trainer.stop_reason != "benchmark_window":
+    if module.stop_reason != "benchmark_window":
         raise RuntimeError(f"the Trainer stopped at step {trainer.global_step}, before its timed steps ended")
 
 

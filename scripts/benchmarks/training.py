@@ -127,8 +127,7 @@ class Interleaver(L.Callback):
                 self.block_other_cpu_per_s.append(other_cpu_per_s(self._block_start, sample))
                 self._block_start = sample
         if len(self.plain_segments) == self.pairs:
-            trainer.should_stop = True
-            trainer.stop_reason = "benchmark_window"
+            pl_module.stop("benchmark_window")
         self._start = self._clock()
 
 

@@ -88,7 +88,10 @@ def check_layout(run_dir: Path, key: str) -> None:
 
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are
 # restored from it, so a new value for these keys would be silently ignored or fail to load.
-FIXED_BY_CHECKPOINT = ("model.", "optimizer.", "data.block_size", "data.tokenizer")
+FIXED_BY_CHECKPOINT = (
+    *("model.", "optimizer.", "data.block_size", "data.tokenizer"),
+    "callbacks.early_stopping.patience",  # Lightning's EarlyStopping restores its patience too
+)
 
 
 def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
@@ -97,8 +100,8 @@ def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
         key = override.lstrip("+~").split("=", 1)[0]
         if key.startswith(FIXED_BY_CHECKPOINT):
             raise UserError(
-                f"{override}: a resumed run restores the model and optimizer state from its checkpoint, so "
-                f"{key} cannot change; start a new run to try another value"
+                f"{override}: a resumed run restores {key} from its checkpoint (with the model, optimizer and "
+                "early-stopping state), so it cannot change; start a new run to try another value"
             )
         if "." not in key and (config_dir / key).is_dir():
             raise UserError(

@@ -55,12 +55,16 @@ def suggest(trial, name: str, distribution) -> Any:
 def check_same_space(study, space: dict[str, Any]) -> None:
     """A study continues only the search it was made for: a new search space needs a new study name.
 
-    A trial that another worker is still filling in has only the params suggested so far, so a running
-    trial is compared on its own params; a finished one on the whole space.
+    A trial that another worker is still filling in (or one whose worker died doing so) has only the
+    params suggested so far, so it is compared on its own params; a completed or pruned one on the whole
+    space.
     """
+    from optuna.trial import TrialState
+
     for trial in study.get_trials(deepcopy=False):
         theirs = trial.distributions
-        keys = set(theirs) | (set(space) if theirs and trial.state.is_finished() else set())
+        whole = theirs and trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        keys = set(theirs) | (set(space) if whole else set())
         differ = sorted(key for key in keys if theirs.get(key) != space.get(key))
         if differ:
             raise UserError(

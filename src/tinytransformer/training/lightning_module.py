@@ -17,15 +17,11 @@ from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory
 from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
 from tinytransformer.training.regularizers import build_regularizers
 
-# The metrics a callback can monitor after each validation (EarlyStopping, ModelCheckpoint: `monitor`).
-VALIDATION_METRICS = (
-    "val/loss",
-    "val/bpc",
-    "val/ppl",
-    "val/acc",
-    "val/loss_best",
-    "train/loss_avg",
-    "train/bpc_avg",
+# The metrics a callback can monitor (EarlyStopping, ModelCheckpoint: `monitor`): this module's, after each
+# validation or at log steps, and those of the default callbacks (conf/callbacks/).
+MONITORABLE_METRICS = (
+    *("val/loss", "val/bpc", "val/ppl", "val/acc", "val/loss_best", "train/loss_avg", "train/bpc_avg"),
+    *("train/loss", "train/lr", "train/grad_norm", "train/clip_fraction", "train/tokens_per_s", "train/mfu"),
 )
 
 
@@ -50,8 +46,9 @@ class LanguageModel(L.LightningModule):
     """Next-token prediction. Hyperparameters are plain dicts, so checkpoints load with weights_only=True.
 
     What callbacks use of it, and nothing else: `model` (the nn.Module), `val_history` (every validation's
-    loss: the run's best), `stop(reason)` (end the run after this step), `check_finite()` (raise
-    NonFiniteLoss for a NaN or infinite train loss since the last check) and `hparams`.
+    loss: the run's best), `stop(reason)` (end the run after this step; `stop_reason` says why),
+    `check_finite()` (raise NonFiniteLoss for a NaN or infinite train loss since the last check) and
+    `hparams`.
 
     Args:
         model: the model's spec, `_target_` (its class) and its arguments, vocab_size and block_size
@@ -186,10 +183,11 @@ class LanguageModel(L.LightningModule):
         """Set the lr of a run resumed at `step`. Lightning restores the checkpoint's optimizer and scheduler
         state, so a kept schedule goes on as it was. A schedule rebuilt for this config
         (scheduler.on_resume=rebuild) is stepped from its start to `step`, as if the run had followed it
-        all along; a constant lr is the configured one. Both replace the restored lr from `step` on."""
+        all along; a constant lr is the configured one, group by group. Both replace the restored lr from
+        `step` on."""
         optimizer, scheduler = self.optimizers(use_pl_optimizer=False), self.lr_schedulers()
-        if scheduler is None:  # a constant lr: the configured one
-            lrs = [self.hparams.optimizer["lr"]] * len(optimizer.param_groups)
+        if scheduler is None:  # a constant lr: each group's as a new optimizer of this spec sets it
+            lrs = [group["lr"] for group in build_optimizer(self.model, self.hparams.optimizer).param_groups]
         elif scheduler.last_epoch == step:  # the checkpoint's own scheduler, restored: it goes on
             return
         else:  # rebuilt: from its lr at step 0 (the restored optimizer holds the checkpoint's lr)

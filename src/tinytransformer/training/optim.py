@@ -43,7 +43,8 @@ def build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optim
       (tests/extensions/hybrid_optim.py);
     - any other (every torch.optim class): the parameters, in two groups when the spec has `weight_decay`,
       so that only weight matrices are decayed (see parameter_groups).
-    A constructor that refuses one of the parameters raises a UserError naming it.
+    A constructor that fails on some of the parameters and not on the others raises a UserError naming the
+    first (with its own error, which may also be about an argument that only those parameters use).
     """
     cls, arguments = optimizer_class(spec)
     if "betas" in arguments:
@@ -61,13 +62,14 @@ def build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optim
         return cls(given(named), **arguments)
     except (ValueError, TypeError) as err:
         refused = [(n, p) for n, p in named if _refuses(cls, given([(n, p)]), arguments)]
-        if not refused or len(refused) == len(named):  # the arguments are wrong, not a parameter
-            raise
+        accepted = [(n, p) for n, p in named if all(p is not q for _, q in refused)]
+        if not refused or not accepted or _refuses(cls, given(accepted), arguments):
+            raise  # not some parameters' fault: the arguments are wrong for any
         name, param = refused[0]
         raise UserError(
-            f"optimizer._target_={spec['_target_']} refuses parameter {name} (shape {tuple(param.shape)}): "
-            f"{str(err).splitlines()[0]}; route it to another optimizer with a class whose first argument is "
-            "named_parameters (see docs/extending.md)"
+            f"optimizer._target_={spec['_target_']} fails on parameter {name} (shape {tuple(param.shape)}): "
+            f"{str(err).splitlines()[0]}; if it cannot take such a parameter, route it to another optimizer "
+            "with a class whose first argument is named_parameters (see docs/extending.md)"
         ) from None
 
 

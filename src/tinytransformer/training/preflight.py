@@ -13,7 +13,7 @@ from tinytransformer.config import to_plain
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
 from tinytransformer.specs import check_required, resolve
-from tinytransformer.training.lightning_module import VALIDATION_METRICS
+from tinytransformer.training.lightning_module import MONITORABLE_METRICS
 from tinytransformer.training.optim import build_optimizer, optimizer_class, scheduler_class
 from tinytransformer.training.regularizers import build_regularizers
 
@@ -93,12 +93,12 @@ def check_callbacks(cfg: DictConfig) -> None:
         package = CALLBACK_PACKAGES.get(cls.__name__)
         if package and importlib.util.find_spec(package) is None:
             raise UserError(f"{key}: {cls.__name__} needs the {package} package: pip install {package}")
-        monitor = arguments.get("monitor")
-        if monitor is not None and monitor not in VALIDATION_METRICS and not own_callbacks:
+        monitor = OmegaConf.select(cfg, f"{key}.monitor") if "monitor" in arguments else None  # resolved
+        if monitor is not None and monitor not in MONITORABLE_METRICS and not own_callbacks:
             raise UserError(
-                f"{key}.monitor={monitor}: not a metric this run logs; monitor one of {', '.join(VALIDATION_METRICS)}"
+                f"{key}.monitor={monitor}: not a metric this run logs; monitor one of {', '.join(MONITORABLE_METRICS)}"
             )
-    bars = [name for name, cls in classes.items() if issubclass(cls, ProgressBar)]
+    bars = [name for name, cls in classes.items() if isinstance(cls, type) and issubclass(cls, ProgressBar)]
     if len(bars) > 1:
         raise UserError(
             f"callbacks.{bars[1]}: a run shows one progress bar, and callbacks.{bars[0]} is one; "

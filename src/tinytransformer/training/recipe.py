@@ -33,7 +33,7 @@ from tinytransformer.training.optim import (
     scheduler_spec,
 )
 from tinytransformer.training.precision import on_gpu, resolve_precision
-from tinytransformer.training.preflight import check_loggers
+from tinytransformer.training.preflight import check_callbacks, check_loggers, check_trainer_flags
 from tinytransformer.training.profiler import NullProfiler
 from tinytransformer.training.report import format_summary
 
@@ -160,7 +160,10 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
-    check_loggers(cfg)  # a sweep's jobs too (the command line's pre-flight checks a single run)
+    # A sweep's jobs too (the command line's pre-flight checks a single run): no part is built yet.
+    check_callbacks(cfg)
+    check_trainer_flags(cfg)
+    check_loggers(cfg)
     _finish_wandb_run()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     # Lightning adds a checkpoint callback and a progress bar of its own unless told not to: a run without

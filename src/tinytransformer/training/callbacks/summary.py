@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 
 from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
@@ -158,12 +159,23 @@ def run_facts(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any
     return facts
 
 
+def _early_stopped(callback: EarlyStopping) -> bool:
+    """Whether an EarlyStopping callback stopped this fit: its patience ran out, or a threshold or a
+    non-finite value ended it (its `stopping_reason` alone outlives a resume that improved again)."""
+    thresholds = (
+        EarlyStoppingReason.STOPPING_THRESHOLD,
+        EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+        EarlyStoppingReason.NON_FINITE_METRIC,
+    )
+    return callback.wait_count >= callback.patience or callback.stopping_reason in thresholds
+
+
 def stop_reason(trainer: L.Trainer) -> str:
     """Why fit() returned: the first rule that fired."""
     reason = getattr(trainer.lightning_module, "stop_reason", None)
     if reason:  # a callback's LanguageModel.stop(reason): sample quality, an Optuna pruner
         return reason
-    if any(isinstance(c, EarlyStopping) and c.wait_count >= c.patience for c in trainer.callbacks):
+    if any(isinstance(c, EarlyStopping) and _early_stopped(c) for c in trainer.callbacks):
         return "early_stopping"
     if trainer.interrupted:
         return "interrupted"
