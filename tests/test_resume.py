@@ -5,14 +5,17 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, compose_train, run_cli, start_cli, wait_until
 
+from tinytransformer.errors import UserError
 from tinytransformer.training.callbacks import RunSummary
 from tinytransformer.training.callbacks.hparams import mark_restart
 from tinytransformer.training.callbacks.resume import LastCheckpoint
+from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT
 from tinytransformer.training.recipe import train
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
@@ -145,3 +148,23 @@ def test_a_run_killed_after_its_final_validation_resumes_to_a_summary_that_says_
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert results["stop_reason"] == metrics["stop_reason"] == "max_steps"
     assert (metrics["status"], metrics["steps"]) == ("finished", 40)
+
+
+def test_a_checkpoint_of_another_layout_is_not_resumed_and_is_left_as_it_is(tmp_path):
+    """A sweep's re-run job rewrites its .hydra/config.yaml: the checkpoint itself says what wrote it."""
+    overrides = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
+    train(compose_train(overrides, tmp_path), tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["layout"] == CHECKPOINT_LAYOUT
+    del ckpt["layout"]  # as a checkpoint of the layout before it
+    torch.save(ckpt, last)
+    before = last.read_bytes()
+    with pytest.raises(UserError) as refused:
+        train(compose_train([*overrides, "trainer.max_steps=40"], tmp_path), tmp_path, ckpt_path=str(last))
+    assert str(refused.value) == (
+        f"resume={last}: written by another version of tinytransformer (checkpoint layout None; this one "
+        f"resumes {CHECKPOINT_LAYOUT}); continue it with the version that wrote it, or start a new run (the "
+        "file was left as it is)"
+    )
+    assert last.read_bytes() == before

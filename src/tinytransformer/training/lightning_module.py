@@ -17,6 +17,10 @@ from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory
 from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
 from tinytransformer.training.regularizers import build_regularizers
 
+# What this module's checkpoints hold beyond Lightning's (val_history, train_steps_summed, the sum buffers):
+# a run resumes only from a checkpoint of this layout (training.recipe.train refuses another in one line).
+CHECKPOINT_LAYOUT = 1
+
 # The metrics a callback can monitor (EarlyStopping, ModelCheckpoint: `monitor`): this module's, after each
 # validation or at log steps, and those of the default callbacks (conf/callbacks/).
 MONITORABLE_METRICS = (
@@ -162,6 +166,7 @@ class LanguageModel(L.LightningModule):
         self.stop_reason = reason
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["layout"] = CHECKPOINT_LAYOUT
         checkpoint["val_history"] = [list(record) for record in self.val_history.records]
         checkpoint["train_steps_summed"] = self._steps_summed
 

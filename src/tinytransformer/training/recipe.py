@@ -20,6 +20,7 @@ from tinytransformer import hparams
 from tinytransformer.checkpoints import load_checkpoint
 from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
+from tinytransformer.errors import UserError
 from tinytransformer.runs import FINISHED
 from tinytransformer.training.callbacks import LastCheckpoint, RunSummary
 from tinytransformer.training.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
@@ -27,7 +28,7 @@ from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
 from tinytransformer.training.callbacks.summary import stop_reason
 from tinytransformer.training.ddp import launch_settings
 from tinytransformer.training.launch import is_rank_zero
-from tinytransformer.training.lightning_module import LanguageModel
+from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT, LanguageModel
 from tinytransformer.training.optim import (
     resume_schedule,
     scheduler_spec,
@@ -50,8 +51,14 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     resolve_precision(cfg)
     output_dir = Path(output_dir)
     L.seed_everything(cfg.seed, verbose=False)
-    # A resumed run keeps its checkpoint's vocabulary (and refuses data with characters outside it).
     ckpt = load_checkpoint(ckpt_path, "resume") if ckpt_path else None
+    if ckpt and ckpt.get("layout") != CHECKPOINT_LAYOUT:  # a sweep's re-run job too, whatever its config says
+        raise UserError(
+            f"resume={ckpt['path']}: written by another version of tinytransformer (checkpoint layout "
+            f"{ckpt.get('layout')}; this one resumes {CHECKPOINT_LAYOUT}); continue it with the version that "
+            "wrote it, or start a new run (the file was left as it is)"
+        )
+    # A resumed run keeps its checkpoint's vocabulary (and refuses data with characters outside it).
     dm = build_datamodule(cfg, ckpt["hyper_parameters"]["tokenizer"] if ckpt else None)
     dm.setup("fit")
     module = build_module(cfg, dm, ckpt)
