@@ -21,13 +21,6 @@ from tinytransformer.training.regularizers import build_regularizers
 # a run resumes only from a checkpoint of this layout (training.recipe.train refuses another in one line).
 CHECKPOINT_LAYOUT = 1
 
-# The metrics a callback can monitor (EarlyStopping, ModelCheckpoint: `monitor`): this module's, after each
-# validation or at log steps, and those of the default callbacks (conf/callbacks/).
-MONITORABLE_METRICS = (
-    *("val/loss", "val/bpc", "val/ppl", "val/acc", "val/loss_best", "train/loss_avg", "train/bpc_avg"),
-    *("train/loss", "train/lr", "train/grad_norm", "train/clip_fraction", "train/tokens_per_s", "train/mfu"),
-)
-
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite: training stops, the last good checkpoint stays."""

@@ -13,10 +13,15 @@ from tinytransformer.config import to_plain
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
 from tinytransformer.specs import check_required, resolve
-from tinytransformer.training.lightning_module import MONITORABLE_METRICS
-from tinytransformer.training.optim import build_optimizer, optimizer_class, scheduler_class
+from tinytransformer.training.optim import build_optimizer, scheduler_class
 from tinytransformer.training.regularizers import build_regularizers
 
+# The metrics a callback can monitor (EarlyStopping, ModelCheckpoint: `monitor`): LanguageModel's, after
+# each validation or at log steps, and those of the default callbacks (conf/callbacks/).
+MONITORABLE_METRICS = (
+    *("val/loss", "val/bpc", "val/ppl", "val/acc", "val/loss_best", "train/loss_avg", "train/bpc_avg"),
+    *("train/loss", "train/lr", "train/grad_norm", "train/clip_fraction", "train/tokens_per_s", "train/mfu"),
+)
 # Stock Lightning callbacks a run cannot use, and why (each one fails in a run otherwise).
 REFUSED_CALLBACKS = {
     "BackboneFinetuning": "it unfreezes a `backbone` attribute, which LanguageModel has not",
@@ -52,12 +57,10 @@ def check_components(cfg: DictConfig) -> None:
     """A UserError, before any work, for a model, optimizer, scheduler, regularizer, callback or logger
     that cannot be built or used: the builders' own checks."""
     model_spec = {k: v for k, v in to_plain(cfg.model).items() if k != "compile"}
-    resolve(model_spec, "model")
-    optimizer_class(to_plain(cfg.optimizer))
     with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
         # The data sets vocab_size; any stands in here, with the same parameter names and dimensions.
         model = build_model({**model_spec, "vocab_size": 2, "block_size": cfg.data.block_size})
-        build_optimizer(model, to_plain(cfg.optimizer))  # one line for a parameter it refuses
+        build_optimizer(model, to_plain(cfg.optimizer))  # also one line for a parameter it refuses
     scheduler_class(to_plain(cfg.scheduler))
     build_regularizers(to_plain(cfg.regularizers) if cfg.get("regularizers") else {}, model=None)
     check_callbacks(cfg)

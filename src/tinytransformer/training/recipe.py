@@ -29,10 +29,7 @@ from tinytransformer.training.callbacks.summary import stop_reason
 from tinytransformer.training.ddp import launch_settings
 from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT, LanguageModel
-from tinytransformer.training.optim import (
-    resume_schedule,
-    scheduler_spec,
-)
+from tinytransformer.training.optim import resume_schedule, scheduler_spec
 from tinytransformer.training.precision import on_gpu, resolve_precision
 from tinytransformer.training.preflight import check_callbacks, check_loggers, check_trainer_flags
 from tinytransformer.training.profiler import NullProfiler
