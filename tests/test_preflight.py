@@ -95,12 +95,19 @@ def test_a_monitor_of_a_metric_the_run_logs_is_taken_also_through_an_interpolati
     check_components(compose_train([*TINY_RUN, f"callbacks.early_stopping.monitor={monitor}"], tmp_path))
 
 
-def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_training(tmp_path):
+@pytest.mark.parametrize(
+    ("callback", "line"),
+    [
+        ("BackboneFinetuning", "callbacks.extra: BackboneFinetuning cannot be used here"),
+        ("RichProgressBar", "callbacks.extra: RichProgressBar needs the rich package"),  # fails when built
+    ],
+)
+def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_building_it(callback, line, tmp_path):
     from tinytransformer.training import recipe
 
-    cfg = compose_train([*TINY_RUN, f"{STOCK}.BackboneFinetuning"], tmp_path)
-    with pytest.raises(UserError, match="^callbacks.extra: BackboneFinetuning cannot be used here"):
-        recipe.build_trainer(cfg, tmp_path, [])  # where a sweep's job checks it: no pre-flight there
+    cfg = compose_train([*TINY_RUN, f"{STOCK}.{callback}"], tmp_path)
+    with pytest.raises(UserError, match=f"^{line}"):
+        recipe.build_callbacks(cfg)  # where a sweep's job checks them: no pre-flight there
 
 
 def test_early_stoppings_patience_cannot_change_on_resume():

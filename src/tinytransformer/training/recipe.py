@@ -152,6 +152,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     last.ckpt must hold the other checkpoints' state after a validation (the best file they just wrote).
     """
     hparams.register_resolver()  # conf/callbacks/hparams.yaml: `params: ${run_hparams:}`
+    check_callbacks(cfg)  # before any is built (a sweep's jobs get no command-line pre-flight)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return sorted(callbacks, key=lambda c: isinstance(c, LastCheckpoint))
 
@@ -164,9 +165,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
-    # A sweep's jobs too (the command line's pre-flight checks a single run): no part is built yet.
-    check_callbacks(cfg)
-    check_trainer_flags(cfg)
+    check_trainer_flags(cfg)  # a sweep's jobs too (the command line's pre-flight checks a single run)
     check_loggers(cfg)
     _finish_wandb_run()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
