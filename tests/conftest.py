@@ -124,7 +124,7 @@ SYNC_RUN = [
     *TINY_RUN,
     "trainer.max_steps=100",
     "model.dropout=0.1",
-    "callbacks.gradient_clipping.max_norm=1.0",
+    "trainer.gradient_clip_val=1.0",
     "test=false",
 ]
 SYNC_EVERY = 5

@@ -126,7 +126,10 @@ def test_per_step_callbacks_act_once_per_optimizer_step_not_per_micro_batch(accu
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     # trainer.log_every_n_steps=10 and samples every 20 steps, over 20 steps of 2 micro-batches each.
-    assert [e.step for e in events.Scalars("train/lr")] == [10, 20]
+    assert [e.step for e in events.Scalars("train/tokens_per_s")] == [10, 20]
+    # Lightning's LearningRateMonitor logs before each micro-batch of a log step (the same lr, at the step
+    # Lightning counts from 0): stock behaviour, kept.
+    assert sorted({e.step for e in events.Scalars("lr-AdamW/decay")}) == [9, 19]
     assert [e.step for e in events.Scalars("sample/word_share")] == [20]
 
 

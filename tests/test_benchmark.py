@@ -64,7 +64,7 @@ def test_presets_compose_to_nanogpts_configs(tmp_path, preset, model, data, tota
         total_steps,
         0.1,
     )
-    assert (cfg.callbacks.gradient_clipping.max_norm, cfg.trainer.accelerator) == (1.0, accelerator)
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.accelerator) == (1.0, accelerator)
     assert cfg.trainer.precision == auto_precision(accelerator)  # our default, resolved for this machine
 
 

@@ -102,7 +102,7 @@ def test_tensorboard_has_samples_scalars_and_hparams_with_real_metrics(trained_r
         "val/acc",
         "val/loss_best",
         "train/grad_norm",
-        "train/lr",
+        "lr-AdamW/decay",
         "hp/val_loss_best",
     } <= set(tags["scalars"])
     samples = events.Tensors("samples/text_summary")

@@ -48,7 +48,7 @@ REFUSED = {
     "model.compile": ("maybe", "true or false"),
     "optimizer.lr": ("0", "a number > 0"),
     "optimizer.weight_decay": ("-0.1", "a number >= 0"),
-    "callbacks.gradient_clipping.max_norm": ("-1", "a number >= 0 (0 = measure, never clip)"),
+    "trainer.gradient_clip_val": ("-1", "a number >= 0 (0 = measure, never clip) or null"),
     "callbacks.early_stopping.patience": ("0", "an integer >= 1"),
     "callbacks.early_stopping.min_delta": ("-0.1", "a number >= 0"),
     "callbacks.sample_generation.every_n_steps": ("-1", "an integer >= 0 (0 = off)"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, compose_train, run_cli
@@ -93,10 +94,11 @@ def logged(run: Path, tag: str) -> dict[int, float]:
 @pytest.mark.parametrize("runs", ["scheduler"], indirect=True)
 def test_a_torch_scheduler_named_by_yaml_alone_sets_the_lr_and_resumes_with_its_state(runs):
     _, whole, resumed = runs
-    # StepLR(step_size=10, gamma=0.5) over AdamW's lr 0.002: halved every 10 steps, logged after each 10th.
-    expected = {10: 1e-3, 20: 5e-4, 30: 2.5e-4, 40: 1.25e-4}
-    assert logged(whole, "train/lr") == pytest.approx(expected, rel=1e-6)
-    assert logged(resumed, "train/lr") == pytest.approx(expected, rel=1e-6)  # halves 2 and 3: its state
+    # StepLR(step_size=10, gamma=0.5) over AdamW's lr 0.002: halved every 10 steps. LearningRateMonitor logs
+    # the lr of every 10th step (Lightning counts steps from 0 there).
+    expected = {9: 2e-3, 19: 1e-3, 29: 5e-4, 39: 2.5e-4}
+    assert logged(whole, "lr-AdamW/decay") == pytest.approx(expected, rel=1e-6)
+    assert logged(resumed, "lr-AdamW/decay") == pytest.approx(expected, rel=1e-6)  # halves 2, 3: its state
     saved = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["hyper_parameters"]["scheduler"] == {
         "_target_": "torch.optim.lr_scheduler.StepLR",
@@ -241,9 +243,11 @@ def test_a_run_dir_an_older_version_wrote_is_refused_in_one_line_and_left_as_it_
     before = files_of(run)
     done = run_cli("train.py", f"resume={run}", "trainer.max_steps=30")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    current = yaml.safe_load((ROOT / "conf" / "train.yaml").read_text())["config_version"]
+    assert isinstance(current, int)
     assert done.stderr.strip().splitlines() == [
         f"error: resume={run}: written by another version of tinytransformer (config_version None; this one "
-        "reads 4); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
+        f"reads {current}); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
     ]
     assert files_of(run) == before
 

@@ -48,6 +48,11 @@ def test_a_stock_callback_a_run_cannot_use_is_refused_with_the_reason(name, tmp_
             "trainer.barebones=True: not for this template: it turns off checkpointing",
         ),
         (["+trainer.check_val_every_n_epoch=2"], "trainer.check_val_every_n_epoch=2: not for this template"),
+        (
+            ["logger=none"],
+            "callbacks.learning_rate: LearningRateMonitor writes to the run's loggers, and this run has none; "
+            "drop it with ~callbacks.learning_rate",
+        ),
     ],
 )
 def test_a_stock_setting_a_run_cannot_use_is_one_line_before_any_work(overrides, line, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from tests.conftest import TINY_RUN, compose_train
@@ -13,51 +14,49 @@ from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
 from tinytransformer.schema import DataConfig
+from tinytransformer.training import recipe
 from tinytransformer.training.recipe import train
 
 QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=minimal", "test=false"]
 
 
+class GradientNorms(L.Callback):
+    """The global gradient norm that each optimizer step used (read after the step, before zero_grad)."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+
 @pytest.mark.parametrize(("clip", "fraction"), [(1e-6, 1.0), (0, 0.0)], ids=["every step", "off"])
 def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path, clip, fraction):
-    clipping = ["callbacks=[minimal,gradient_clipping]", f"callbacks.gradient_clipping.max_norm={clip}"]
-    train(compose_train([*(o for o in QUICK if o != "callbacks=minimal"), *clipping], tmp_path), tmp_path)
+    train(compose_train([*QUICK, f"trainer.gradient_clip_val={clip}"], tmp_path), tmp_path)
     assert [v for _, v in read_scalars(tmp_path, "train/clip_fraction")] == [fraction, fraction]
     assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
 
 
-def test_clipped_steps_are_counted_from_the_kept_norms_when_read_and_at_most_kept_norms_wait(monkeypatch):
-    from tinytransformer.training.callbacks import clipping as module
-
-    model = torch.nn.Linear(4, 4)
-    trainer = type("T", (), {"global_step": 0, "log_every_n_steps": 50})()
-    clipping = module.GradientClipping(max_norm=1.0)
-    for scale in (1e3, 1e-3, 1e3):  # clipped, not, clipped
-        model.zero_grad()
-        model(torch.randn(8, 4)).pow(2).sum().mul(scale).backward()
-        clipping.on_before_optimizer_step(trainer, model, None)
-    assert len(clipping._norms) == 3 and float(clipping._clipped) == 0  # nothing counted during the steps
-    assert clipping.state_dict()["sums"].tolist() == [2.0, 3.0]
-    monkeypatch.setattr(module, "KEPT_NORMS", 1)
-    model(torch.randn(8, 4)).pow(2).sum().mul(1e3).backward()
-    clipping.on_before_optimizer_step(trainer, model, None)  # clipped, and counted at once
-    assert clipping._norms == [] and float(clipping._clipped) == 3
-
-
-def test_gradient_clipping_is_a_callback_that_bounds_the_update_and_drops_like_any_other(tmp_path):
-    from tinytransformer.training.callbacks.clipping import GradientClipping
-
-    model = torch.nn.Linear(4, 4)
-    model(torch.randn(8, 4)).pow(2).sum().mul(1e3).backward()
-    trainer = type("T", (), {"global_step": 0, "log_every_n_steps": 50})()
-    clipping = GradientClipping(max_norm=0.5)
-    clipping.on_before_optimizer_step(trainer, model, None)
-    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
-    assert total == pytest.approx(0.5, rel=1e-4)
-    assert clipping.state_dict()["sums"].tolist() == [1.0, 1.0]  # one step, clipped
-    dropped = [o for o in TINY_RUN if not o.startswith("callbacks.sample")] + ["~callbacks.gradient_clipping"]
-    train(compose_train([*dropped, "test=false"], tmp_path), tmp_path)
-    assert read_scalars(tmp_path, "train/grad_norm") == [] and read_scalars(tmp_path, "val/loss")
+def test_gradient_clip_val_bounds_every_steps_gradient_and_null_turns_clipping_and_its_metrics_off(
+    tmp_path, monkeypatch
+):
+    norms, build_callbacks = GradientNorms(), recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), norms])
+    train(
+        compose_train([*QUICK, "trainer.gradient_clip_val=0.05"], tmp_path / "clipped"), tmp_path / "clipped"
+    )
+    pre_clip = [norm for _, norm in read_scalars(tmp_path / "clipped", "train/grad_norm")]
+    assert min(pre_clip) > 0.05  # so every step was clipped, to the bound
+    assert len(norms.norms) > 30 and max(norms.norms) == pytest.approx(0.05, rel=1e-4)
+    norms.norms.clear()
+    train(compose_train([*QUICK, "trainer.gradient_clip_val=null"], tmp_path / "off"), tmp_path / "off")
+    assert max(norms.norms) > 0.05  # nothing bounds them
+    assert read_scalars(tmp_path / "off", "train/grad_norm") == []
+    assert read_scalars(tmp_path / "off", "train/clip_fraction") == [] and read_scalars(
+        tmp_path / "off", "val/loss"
+    )
 
 
 def datamodule(**augment: float) -> TextDataModule:

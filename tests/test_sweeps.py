@@ -28,7 +28,7 @@ JOBS = {
 }
 FINISHED = (0, 1, 4, 5)
 # Every key a conf/regularization/ YAML sets, named by its override key, and what was trained.
-ISSUE_KEYS = {"model.dropout", "optimizer.weight_decay", "callbacks.gradient_clipping.max_norm"}
+ISSUE_KEYS = {"model.dropout", "optimizer.weight_decay", "trainer.gradient_clip_val"}
 ISSUE_KEYS |= {"data.augment.mask_prob", "data.augment.substitute_prob", "callbacks.early_stopping.patience"}
 ISSUE_KEYS |= {"regularizers.label_smoothing.smoothing", "regularizers.stochastic_depth.drop_prob"}
 ISSUE_KEYS |= {"seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import TQDMProgressBar
 from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, StepWatch, compose_train
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -16,7 +17,6 @@ from tinytransformer.config import validate
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
 from tinytransformer.training import precision, recipe
-from tinytransformer.training.callbacks import StepProgressBar
 from tinytransformer.training.recipe import train
 
 GROUP_EXTRAS = {("data", "text_file"): ["data.path=/tmp/x.txt"]}
@@ -165,9 +165,9 @@ def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_
         train(compose_train(SYNC_RUN, tmp_path), tmp_path)
     assert reads.steps[10] > 0 and reads.steps[20] > 0  # it sees the reads where they are expected
     assert {step: n for step, n in reads.steps.items() if step % SYNC_EVERY} == {}
-    # The bar still shows the last logged train loss (read at its refreshes).
-    bar = next(c for c in step_watch.callbacks if isinstance(c, StepProgressBar)).train_progress_bar
-    assert re.search(r"train/loss=\d\.\d{3}", bar.postfix), bar.postfix
+    # Lightning's bar shows the last validation's losses, read once per validation.
+    bar = next(c for c in step_watch.callbacks if isinstance(c, TQDMProgressBar)).train_progress_bar
+    assert re.search(r"val/loss_best=\d\.\d{3}, train/loss_avg=\d\.\d{3}", bar.postfix), bar.postfix
 
 
 def test_a_job_leaves_threads_matmul_precision_and_compiled_graphs_as_it_found_them(monkeypatch):

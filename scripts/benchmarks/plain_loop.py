@@ -63,7 +63,7 @@ def plain_recipe(cfg, dm) -> PlainRecipe:
         raise UserError(f"trainer.accelerator={accelerator}: no CUDA GPU here; use --preset cpu-small")
     hp = build_module(cfg, dm).hparams  # the module's own resolved settings (fused AdamW or not)
     return PlainRecipe(
-        dict(hp.model), dict(hp.optimizer), dict(hp.scheduler), float(OmegaConf.select(cfg, "callbacks.gradient_clipping.max_norm", default=0) or 0),
+        dict(hp.model), dict(hp.optimizer), dict(hp.scheduler), float(OmegaConf.select(cfg, "trainer.gradient_clip_val", default=0) or 0),
         cfg.seed, cfg.data.batch_size, precision == "bf16-mixed", bool(cfg.model.compile),
         torch.device("cuda" if gpu else "cpu"),
     )  # fmt: skip

@@ -50,7 +50,9 @@ SHAKESPEARE = Path(os.environ.get("TINYSHAKESPEARE", ROOT.parent / "shared" / "d
 
 # nanoGPT's configs (shakespeare_char), as a user would write them on the command line.
 _NANOGPT = "optimizer=adamw optimizer.lr=0.001 optimizer.weight_decay=0.1 optimizer.betas=[0.9,0.99] "
-_NANOGPT += "scheduler=cosine scheduler.warmup_steps=100 scheduler.min_lr_ratio=0.1 callbacks.gradient_clipping.max_norm=1.0"
+_NANOGPT += (
+    "scheduler=cosine scheduler.warmup_steps=100 scheduler.min_lr_ratio=0.1 trainer.gradient_clip_val=1.0"
+)
 PRESETS = {
     "cpu-small": "trainer=cpu model=small model.dropout=0.0 data.block_size=64 data.batch_size=12 "
     "trainer.max_steps=2000 " + _NANOGPT,

@@ -46,12 +46,6 @@ OPTIONAL_CHECKS: list[Rule] = [
         lambda v: v in ("keep", "rebuild"),
         "'keep' (a resumed run continues its checkpoint's schedule) or 'rebuild' (planned anew for this config)",
     ),
-    (
-        "callbacks.gradient_clipping.max_norm",
-        _NUM,
-        lambda v: v >= 0,
-        "a number >= 0 (0 = measure, never clip)",
-    ),
     ("callbacks.early_stopping.patience", _INT, lambda v: v >= 1, "an integer >= 1"),
     ("callbacks.early_stopping.min_delta", _NUM, lambda v: v >= 0, "a number >= 0"),
     ("callbacks.sample_generation.every_n_steps", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),

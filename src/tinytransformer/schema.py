@@ -89,6 +89,9 @@ class TrainerConfig:
         default=None,
         metadata=matches(TIME_BUDGET, "a time budget DD:HH:MM:SS (e.g. 00:01:30:00 for 90 minutes)"),
     )
+    # Clip the global gradient norm to this before each optimizer step (0 = measure, never clip; null =
+    # neither): LanguageModel.configure_gradient_clipping logs train/grad_norm and train/clip_fraction.
+    gradient_clip_val: float | None = field(default=1.0, metadata=at_least(0, "(0 = measure, never clip)"))
     # Ours: how often last.ckpt, for resuming, is written.
     checkpoint_every_n_steps: int = field(default=500, metadata=at_least(1))
     # Ours: torch's CPU threads in each process (null = torch's default: all cores).

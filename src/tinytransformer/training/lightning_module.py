@@ -19,7 +19,7 @@ from tinytransformer.training.regularizers import build_regularizers
 
 # What this module's checkpoints hold beyond Lightning's (val_history, train_steps_summed, the sum buffers):
 # a run resumes only from a checkpoint of this layout (training.recipe.train refuses another in one line).
-CHECKPOINT_LAYOUT = 1
+CHECKPOINT_LAYOUT = 2
 
 
 class NonFiniteLoss(Exception):
@@ -32,7 +32,7 @@ class NonFiniteLoss(Exception):
         steps = f"step {last_step}" if first_step >= last_step else f"a step in {first_step}..{last_step}"
         super().__init__(
             f"non-finite training loss ({loss}) at {steps} (lr {lr:.3g}); stopped, keeping the last good "
-            "last.ckpt if one was written. Lower optimizer.lr, or clip gradients (callbacks.gradient_clipping.max_norm)"
+            "last.ckpt if one was written. Lower optimizer.lr, or clip gradients (trainer.gradient_clip_val)"
         )
 
     def __reduce__(self):  # pickled from a spawned DDP worker to the main process
@@ -91,9 +91,11 @@ class LanguageModel(L.LightningModule):
         # uninterrupted one's. A NaN or infinite loss makes the loss sum non-finite: check_finite() reads it.
         self.register_buffer("_loss_sum", torch.zeros(()))
         self.register_buffer("_bits_sum", torch.zeros(()))  # tokens of several chars; else loss / ln 2
+        self.register_buffer("_clipped_sum", torch.zeros(()))  # optimizer steps whose gradient was clipped
         self._steps_summed = 0
         # Each rank's own sums: DDP would copy rank 0's buffers over the others' before every forward.
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["_loss_sum", "_bits_sum"])
+        sums = ["_loss_sum", "_bits_sum", "_clipped_sum"]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, sums)
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
         self.stop_reason: str | None = None  # set by stop(): why a callback ended the run
 
@@ -129,7 +131,7 @@ class LanguageModel(L.LightningModule):
         self._steps_summed += 1
         if self._logging_step():
             # Not prog_bar=True: Lightning would then call .item() on it after every step until the next
-            # log, a host sync per step on a GPU. StepProgressBar shows it, reading it once per refresh.
+            # log, a host sync per step on a GPU.
             self.log("train/loss", loss)
         return loss
 
@@ -137,6 +139,25 @@ class LanguageModel(L.LightningModule):
         """Whether Lightning writes this step's logs: `self.log` has a real per-call cost (~50 us of Python),
         so step metrics are logged only on the steps that are written (every trainer.log_every_n_steps)."""
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Lightning's gradient clipping (trainer.gradient_clip_val; by norm unless
+        trainer.gradient_clip_algorithm=value), measured: by norm, the global norm before clipping is logged
+        as `train/grad_norm` on log steps, and each validation logs `train/clip_fraction`, the share of the
+        optimizer steps since the last one that were clipped. gradient_clip_val 0 measures without
+        clipping; null (Lightning's default) does neither. Gradients are unscaled here under 16-bit mixed
+        precision, and averaged across processes under DDP."""
+        if gradient_clip_val is None or gradient_clip_algorithm == "value":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        max_norm = gradient_clip_val or math.inf
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]  # as Lightning clips
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+        self._clipped_sum += norm > max_norm
+        if self._logging_step():
+            self.log("train/grad_norm", norm)
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if a training loss since the last check was NaN or infinite, on any process.
@@ -212,14 +233,17 @@ class LanguageModel(L.LightningModule):
             return
         self.val_history.add(self.global_step, float(values["loss"]), float(values["bpc"]))
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=False, sync_dist=False)
-        self.log("val/loss_best", self.val_history.best[1])
+        self.log("val/loss_best", self.val_history.best[1], prog_bar=True)  # the bar shows it till the next
         if self._steps_summed > 0:
             self.check_finite()  # before the sums restart
             bits_sum = self._loss_sum / math.log(2) if self._one_char_per_token else self._bits_sum
-            self.log("train/loss_avg", self._loss_sum / self._steps_summed, sync_dist=True)
+            self.log("train/loss_avg", self._loss_sum / self._steps_summed, sync_dist=True, prog_bar=True)
             self.log("train/bpc_avg", bits_sum / self._steps_summed, sync_dist=True)
-            self._loss_sum.zero_()
-            self._bits_sum.zero_()
+            if self.trainer.gradient_clip_val is not None:  # every rank clipped the same averaged gradient
+                steps = self._steps_summed / self.trainer.accumulate_grad_batches  # optimizer steps
+                self.log("train/clip_fraction", self._clipped_sum / steps)
+            for buffer in (self._loss_sum, self._bits_sum, self._clipped_sum):
+                buffer.zero_()
             self._steps_summed = 0
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

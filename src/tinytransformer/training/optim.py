@@ -24,8 +24,8 @@ def parameter_groups(named_parameters: list[tuple[str, nn.Parameter]], weight_de
     for name, param in named_parameters:
         (decay if param.dim() >= 2 and "pos_emb" not in name else no_decay).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
 
 

@@ -20,7 +20,7 @@ from tinytransformer.training.regularizers import build_regularizers
 # each validation or at log steps, and those of the default callbacks (conf/callbacks/).
 MONITORABLE_METRICS = (
     *("val/loss", "val/bpc", "val/ppl", "val/acc", "val/loss_best", "train/loss_avg", "train/bpc_avg"),
-    *("train/loss", "train/lr", "train/grad_norm", "train/clip_fraction", "train/tokens_per_s", "train/mfu"),
+    *("train/loss", "train/grad_norm", "train/clip_fraction", "train/tokens_per_s", "train/mfu"),
 )
 # Stock Lightning callbacks a run cannot use, and why (each one fails in a run otherwise).
 REFUSED_CALLBACKS = {
@@ -36,6 +36,8 @@ REFUSED_CALLBACKS = {
         "train/tokens_per_s and train/mfu"
     ),
 }
+# Stock callbacks that write to the run's loggers, and stop with an error where it has none (logger=none).
+NEED_A_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
 # Stock callbacks that need a package we do not install.
 CALLBACK_PACKAGES = {"RichProgressBar": "rich", "RichModelSummary": "rich", "DeviceStatsMonitor": "psutil"}
 # Trainer flags a run takes only at the values given (the first is its default), and why.
@@ -77,8 +79,8 @@ def check_trainer_flags(cfg: DictConfig) -> None:
 
 
 def check_callbacks(cfg: DictConfig) -> None:
-    """Each callback's class and arguments; a stock one the run cannot use (REFUSED_CALLBACKS, a missing
-    package, a second progress bar, a `monitor` that names no metric of the run) in one line."""
+    """Each callback's class and arguments; a stock one the run cannot use (REFUSED_CALLBACKS, no logger
+    for one that writes to them, a missing package, a second progress bar, a `monitor` that names no metric of the run) in one line."""
     specs = {
         name: OmegaConf.to_container(spec, resolve=False)  # keys and plain values: no interpolation needed
         for name, spec in (cfg.get("callbacks") or {}).items()
@@ -93,6 +95,11 @@ def check_callbacks(cfg: DictConfig) -> None:
         if cls.__name__ in REFUSED_CALLBACKS and cls.__module__.startswith("lightning."):
             raise UserError(f"{key}: {cls.__name__} cannot be used here: {REFUSED_CALLBACKS[cls.__name__]}")
         check_required(cls, arguments, key)
+        if cls.__name__ in NEED_A_LOGGER and not any((cfg.get("logger") or {}).values()):
+            raise UserError(
+                f"{key}: {cls.__name__} writes to the run's loggers, and this run has none; "
+                f"drop it with ~{key}, or choose a logger (logger=tensorboard)"
+            )
         package = CALLBACK_PACKAGES.get(cls.__name__)
         if package and importlib.util.find_spec(package) is None:
             raise UserError(f"{key}: {cls.__name__} needs the {package} package: pip install {package}")

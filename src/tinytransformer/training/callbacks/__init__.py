@@ -1,24 +1,18 @@
 """Lightning callbacks, each built from its YAML in conf/callbacks/ (conf/callbacks/default.yaml lists a
 default run's)."""
 
-from tinytransformer.training.callbacks.clipping import GradientClipping
 from tinytransformer.training.callbacks.hparams import HParamsLogger
-from tinytransformer.training.callbacks.lr import LearningRateLogger
 from tinytransformer.training.callbacks.processes import ProcessSetup
-from tinytransformer.training.callbacks.progress import StepProgressBar
 from tinytransformer.training.callbacks.resume import LastCheckpoint
 from tinytransformer.training.callbacks.sampling import SampleGeneration
 from tinytransformer.training.callbacks.summary import RunSummary
 from tinytransformer.training.callbacks.throughput import Throughput
 
 __all__ = [
-    "GradientClipping",
     "HParamsLogger",
     "LastCheckpoint",
-    "LearningRateLogger",
     "ProcessSetup",
     "RunSummary",
     "SampleGeneration",
-    "StepProgressBar",
     "Throughput",
 ]
