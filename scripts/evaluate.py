@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on its val/test splits: python scripts/evaluate.py ckpt_path=<run dir or .ckpt>."""
 
-from tinytransformer.cli import evaluate_main
+from tinytransformer.runtime.cli import evaluate_main
 
 if __name__ == "__main__":
     evaluate_main()

@@ -1,6 +1,6 @@
 """Train a TinyTransformer: python scripts/train.py [key=value ...] (see README.md)."""
 
-from tinytransformer.cli import train_main
+from tinytransformer.runtime.cli import train_main
 
 if __name__ == "__main__":
     train_main()

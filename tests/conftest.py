@@ -14,9 +14,9 @@ import pytest
 import torch
 from tests.forkserver import ForkedProcess, ForkServer
 
-from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
-from tinytransformer.overrides import compose_config
-from tinytransformer.training import recipe
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.cli import CONFIG_DIR, ROOT, project_env
+from tinytransformer.runtime.overrides import compose_config
 
 # Two torch processes with 2 threads each thrash a 2-core machine; tests and their subprocesses use 1.
 torch.set_num_threads(1)

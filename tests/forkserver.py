@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Third-party only: what `import tinytransformer.cli` and a training run pull in.
+# Third-party only: what `import tinytransformer.runtime.cli` and a training run pull in.
 PRELOAD = ("torch", "lightning.pytorch", "hydra", "omegaconf", "torchmetrics", "tensorboard", "scipy.stats")
 MAX_MESSAGE = 1 << 20
 

@@ -12,9 +12,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, compose_train, run_cli
 from tests.test_resume import assert_same_state
 
-from tinytransformer.config import validate
 from tinytransformer.errors import UserError
-from tinytransformer.training import recipe
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.config import validate
 
 ACCUMULATE = 2
 # Dropout and augmentation draw per micro-batch; validation (trainer.val_check_interval counts optimizer

@@ -21,7 +21,7 @@ from scripts.benchmarks.training import (
 from tinytransformer.data import tiny_world
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training.precision import auto_precision
+from tinytransformer.runtime.precision import auto_precision
 
 
 def test_flops_per_token_of_nanogpts_cpu_config_is_six_per_weight_plus_attention():

@@ -9,8 +9,8 @@ import torch
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.comparison.curves import read_scalars
+from tinytransformer.runtime.recipe import train
 from tinytransformer.training.metrics import ValHistory
-from tinytransformer.training.recipe import train
 
 
 def test_the_best_is_the_earliest_lowest_and_a_repeated_step_counts_once():

@@ -5,9 +5,9 @@ import json
 import yaml
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.cli import CONFIG_DIR
-from tinytransformer.training import recipe
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.cli import CONFIG_DIR
+from tinytransformer.runtime.recipe import train
 
 CALLBACKS = CONFIG_DIR / "callbacks"
 QUICK = [*TINY_RUN, "trainer.max_steps=20", "test=false"]

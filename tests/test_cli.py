@@ -8,8 +8,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli
 
-from tinytransformer.config import ROOT
-from tinytransformer.training.flops import cached_cpu_peak, flops_per_token
+from tinytransformer.runtime.config import ROOT
+from tinytransformer.runtime.flops import cached_cpu_peak, flops_per_token
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ def test_overrides_every_run_shares_are_named_once_under_the_table_not_in_each_r
 def hold_lock(run: Path) -> subprocess.Popen:
     """Another process holding `run`'s lock as a training run does, until it is killed."""
     code = (
-        "import sys, time; from tinytransformer.runs import lock_run_dir; lock_run_dir(sys.argv[1]); "
+        "import sys, time; from tinytransformer.runtime.runs import lock_run_dir; lock_run_dir(sys.argv[1]); "
         "print('held', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)

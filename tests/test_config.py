@@ -8,11 +8,12 @@ import yaml
 from omegaconf import OmegaConf
 from tests.conftest import compose_train
 
-from tinytransformer.cli import CONFIG_DIR
-from tinytransformer.config import OPTIONAL_CHECKS, validate
+from tinytransformer.data.config import AugmentConfig, DataConfig
 from tinytransformer.errors import UserError
 from tinytransformer.model import TransformerConfig
-from tinytransformer.schema import AugmentConfig, DataConfig, RunConfig, TrainerConfig
+from tinytransformer.runtime.cli import CONFIG_DIR
+from tinytransformer.runtime.config import OPTIONAL_CHECKS, validate
+from tinytransformer.runtime.schema import RunConfig, TrainerConfig
 
 # A value each check refuses, and what the line says the value must be.
 REFUSED = {

@@ -3,10 +3,10 @@ import re
 import numpy as np
 import pytest
 
+from tinytransformer.data.config import DataConfig
 from tinytransformer.data.datamodule import TextDataModule, split_tokens
 from tinytransformer.data.tokenizers import create_tokenizer
 from tinytransformer.errors import UserError
-from tinytransformer.schema import DataConfig
 
 
 def test_splits_are_contiguous_disjoint_and_cover_the_stream():

@@ -16,10 +16,10 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
-from tinytransformer.cli import CONFIG_DIR, ROOT, project_env
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
-from tinytransformer.overrides import compose_config
-from tinytransformer.training.ddp import SpawnDDPStrategy, launch_settings
+from tinytransformer.runtime.cli import CONFIG_DIR, ROOT, project_env
+from tinytransformer.runtime.ddp import SpawnDDPStrategy, launch_settings
+from tinytransformer.runtime.overrides import compose_config
 
 # Long enough for the val loss to settle near 0.35 (from 3.3), so 2 % is well above the noise of the window
 # stream and far below what a broken DDP gives (equal windows on both ranks: a batch of 32, ~14 % worse).

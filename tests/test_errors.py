@@ -10,7 +10,7 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, run_cli
 
-from tinytransformer.runs import LOCK
+from tinytransformer.runtime.runs import LOCK
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -18,8 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, compose_train, run_cli
 
-from tinytransformer.cli import ROOT
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime.cli import ROOT
+from tinytransformer.runtime.recipe import train
 
 EXTENSIONS = Path(__file__).parent / "extensions"
 ON_PATH = {"PYTHONPATH": str(EXTENSIONS)}  # gru_lm, my_regularizers

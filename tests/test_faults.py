@@ -15,9 +15,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 
-from tinytransformer.cli import ROOT
 from tinytransformer.errors import EXIT_OS_ERROR
-from tinytransformer.runs import LOCK
+from tinytransformer.runtime.cli import ROOT
+from tinytransformer.runtime.runs import LOCK
 
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a read-only bind needs root")
 

@@ -11,8 +11,8 @@ from scripts.benchmarks.training import flops_per_token as formula
 from torch import nn
 
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import flops
-from tinytransformer.training.flops import (
+from tinytransformer.runtime import flops
+from tinytransformer.runtime.flops import (
     PEAK_FILE,
     cached_cpu_peak,
     counted_flops_per_token,

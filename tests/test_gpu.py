@@ -9,12 +9,12 @@ import pytest
 import torch
 from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, compose_train, run_cli
 
-from tinytransformer.checkpoints import load_checkpoint, model_from_checkpoint
-from tinytransformer.cli import compose_cli
-from tinytransformer.inference import evaluate_checkpoint
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime.checkpoints import load_checkpoint, model_from_checkpoint
+from tinytransformer.runtime.cli import compose_cli
+from tinytransformer.runtime.inference import evaluate_checkpoint
+from tinytransformer.runtime.recipe import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,8 +1,8 @@
 """The hparams every run logs are derived from the config: a new regularization YAML adds its keys."""
 
-from tinytransformer.cli import CONFIG_DIR
-from tinytransformer.hparams import flat_hparams
-from tinytransformer.overrides import compose_config
+from tinytransformer.runtime.cli import CONFIG_DIR
+from tinytransformer.runtime.hparams import flat_hparams
+from tinytransformer.runtime.overrides import compose_config
 
 REGULARIZATION = CONFIG_DIR / "regularization"
 

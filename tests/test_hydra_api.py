@@ -11,7 +11,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tinytransformer.cli import ROOT
+from tinytransformer.runtime.cli import ROOT
 
 USED_BY = "src/hydra_plugins/tinytransformer_launchers/ uses it"
 

@@ -13,10 +13,10 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tinytransformer.cli import ROOT
-from tinytransformer.training.ddp import SpawnDDPStrategy, _CallbackStateLauncher
+from tinytransformer.runtime.cli import ROOT
+from tinytransformer.runtime.ddp import SpawnDDPStrategy, _CallbackStateLauncher
 
-USED_BY = "tinytransformer/training/ddp.py (SpawnDDPStrategy, _CallbackStateLauncher) uses it"
+USED_BY = "tinytransformer/runtime/ddp.py (SpawnDDPStrategy, _CallbackStateLauncher) uses it"
 
 
 def signature(function) -> str:

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, run_cli
 
-from tinytransformer import cli
-from tinytransformer.training.callbacks.hparams import HP_METRICS
+from tinytransformer.runtime import cli
+from tinytransformer.runtime.callbacks.hparams import HP_METRICS
 
 QUICK = [
     *TINY_RUN,

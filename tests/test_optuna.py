@@ -140,8 +140,8 @@ def test_a_trial_the_pruner_prunes_stops_at_that_validation_and_says_so(tmp_path
 
 
 def test_a_search_space_on_the_command_line_is_checked_at_its_lower_end():
-    from tinytransformer.cli import CONFIG_DIR
-    from tinytransformer.overrides import compose_config
+    from tinytransformer.runtime.cli import CONFIG_DIR
+    from tinytransformer.runtime.overrides import compose_config
 
     space = [
         "hparams_search=optuna",

@@ -8,8 +8,8 @@ import pytest
 from tests.conftest import compose_train, run_cli
 
 from tinytransformer.comparison.curves import read_scalars
-from tinytransformer.training.recipe import train
-from tinytransformer.training.report import format_summary
+from tinytransformer.runtime.recipe import train
+from tinytransformer.runtime.report import format_summary
 
 
 def assert_val_loss_falls_then_rises(run_dir: Path, best_val_loss: float, rise: float) -> None:

@@ -5,8 +5,8 @@ import pytest
 from tests.conftest import TINY_RUN, compose_train, run_cli
 
 from tinytransformer.errors import UserError
-from tinytransformer.training.preflight import check_components
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime.preflight import check_components
+from tinytransformer.runtime.recipe import train
 
 STOCK = "+callbacks.extra._target_=lightning.pytorch.callbacks"
 
@@ -108,7 +108,7 @@ def test_a_monitor_of_a_metric_the_run_logs_is_taken_also_through_an_interpolati
     ],
 )
 def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_building_it(callback, line, tmp_path):
-    from tinytransformer.training import recipe
+    from tinytransformer.runtime import recipe
 
     cfg = compose_train([*TINY_RUN, f"{STOCK}.{callback}"], tmp_path)
     with pytest.raises(UserError, match=f"^{line}"):
@@ -116,8 +116,8 @@ def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_building_it(
 
 
 def test_early_stoppings_patience_cannot_change_on_resume():
-    from tinytransformer.config import CONFIG_DIR
-    from tinytransformer.runs import check_resume_overrides
+    from tinytransformer.runtime.config import CONFIG_DIR
+    from tinytransformer.runtime.runs import check_resume_overrides
 
     with pytest.raises(UserError, match=r"^callbacks.early_stopping.patience=9: a resumed run restores"):
         check_resume_overrides(["callbacks.early_stopping.patience=9"], CONFIG_DIR)

@@ -8,14 +8,14 @@ import torch
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.comparison.curves import read_scalars
-from tinytransformer.config import validate
+from tinytransformer.data.config import DataConfig
 from tinytransformer.data.datamodule import TextDataModule
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
-from tinytransformer.schema import DataConfig
-from tinytransformer.training import recipe
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.recipe import train
 
 QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=minimal", "test=false"]
 

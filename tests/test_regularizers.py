@@ -8,7 +8,7 @@ from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime.recipe import train
 from tinytransformer.training.regularizers import LabelSmoothing, build_regularizers
 
 RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]

@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY_RUN, compose_train, run_cli, start_cli, wait_until
 
 from tinytransformer.errors import UserError
-from tinytransformer.training.callbacks import RunSummary
-from tinytransformer.training.callbacks.hparams import mark_restart
+from tinytransformer.runtime.callbacks import RunSummary
+from tinytransformer.runtime.callbacks.hparams import mark_restart
+from tinytransformer.runtime.recipe import train
 from tinytransformer.training.callbacks.resume import LastCheckpoint
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT
-from tinytransformer.training.recipe import train
 
 # Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
 RUN = [

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.training.callbacks.summary import RunSummary
+from tinytransformer.runtime.callbacks.summary import RunSummary
+from tinytransformer.runtime.recipe import train
 from tinytransformer.training.lightning_module import LanguageModel, NonFiniteLoss
-from tinytransformer.training.recipe import train
 
 QUICK = [*TINY_RUN, "test=false"]
 EARLIER = {"wall_s": 1e6, "tokens_per_s": 1.0, "train_tokens_per_s": 1.0, "mfu": 0.9}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.config import validate
 from tinytransformer.errors import UserError
-from tinytransformer.training import recipe
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.config import validate
 from tinytransformer.training.optim import warmup_cosine
 
 # A cosine run of 20 steps (5 of warm-up, down to 0.1 x lr), extended to 40 on resume.

@@ -9,8 +9,8 @@ import lightning as L
 from lightning.pytorch.profilers import PassThroughProfiler
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.cli import ROOT
-from tinytransformer.training import recipe
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.cli import ROOT
 from tinytransformer.training.lightning_module import LanguageModel
 
 

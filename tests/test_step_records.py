@@ -11,11 +11,11 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 from tests.conftest import TINY_RUN, compose_train
 
-from tinytransformer.config import validate
-from tinytransformer.training import recipe
+from tinytransformer.runtime import recipe
+from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.precision import resolve_precision
+from tinytransformer.runtime.profiler import NullProfiler
 from tinytransformer.training.lightning_module import LanguageModel
-from tinytransformer.training.precision import resolve_precision
-from tinytransformer.training.profiler import NullProfiler
 
 QUICK = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
 

@@ -11,11 +11,11 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tests.conftest import TINY_RUN, compose_train, run_cli
 from tests.test_compare_runs import table_rows
 
-from tinytransformer.cli import CONFIG_DIR
 from tinytransformer.comparison.compare import compare
-from tinytransformer.hparams import flat_hparams, swept_hparams
-from tinytransformer.sweeps import sweep_job_name
-from tinytransformer.training.callbacks.hparams import HP_METRICS
+from tinytransformer.runtime.callbacks.hparams import HP_METRICS
+from tinytransformer.runtime.cli import CONFIG_DIR
+from tinytransformer.runtime.hparams import flat_hparams, swept_hparams
+from tinytransformer.runtime.sweeps import sweep_job_name
 
 # Job number -> its dir name. model.dropout=-0.5 is out of range: jobs 2 and 3 fail, 4 and 5 still run.
 JOBS = {

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.test_loggers import QUICK
 
-from tinytransformer.training.callbacks.hparams import HP_METRICS
+from tinytransformer.runtime.callbacks.hparams import HP_METRICS
 
 JOBS = ("0_dropout=0", "1_dropout=0.1")
 # What the page asks for (tf-hparams-main's getExperiment); it lists the hparams as the answer orders them,

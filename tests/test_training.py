@@ -12,12 +12,12 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from tests.conftest import SYNC_EVERY, SYNC_RUN, TINY_RUN, StepWatch, compose_train
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tinytransformer.cli import CONFIG_DIR
-from tinytransformer.config import validate
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
-from tinytransformer.training import precision, recipe
-from tinytransformer.training.recipe import train
+from tinytransformer.runtime import precision, recipe
+from tinytransformer.runtime.cli import CONFIG_DIR
+from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.recipe import train
 
 GROUP_EXTRAS = {("data", "text_file"): ["data.path=/tmp/x.txt"]}
 
@@ -171,7 +171,7 @@ def test_training_reads_no_value_on_the_host_between_log_refresh_and_validation_
 
 
 def test_a_job_leaves_threads_matmul_precision_and_compiled_graphs_as_it_found_them(monkeypatch):
-    from tinytransformer.training.callbacks import processes
+    from tinytransformer.runtime.callbacks import processes
 
     threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
     resets = []

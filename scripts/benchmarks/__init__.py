@@ -47,7 +47,7 @@ def benchmark_main() -> None:
         for suite in suites:
             print(_run_suite(suite, args), flush=True)
     except UserError as err:
-        from tinytransformer.cli import fail
+        from tinytransformer.runtime.cli import fail
 
         fail(str(err))
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tinytransformer.cli import ROOT
 from tinytransformer.data import tiny_world
 from tinytransformer.data.token_cache import cached_char_tokens, tokens_checks
+from tinytransformer.runtime.cli import ROOT
 
 
 def write_big_text(path: Path, megabytes: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tinytransformer.training.flops import gpu_peak, measure_cpu_peak
+from tinytransformer.runtime.flops import gpu_peak, measure_cpu_peak
 
 QUIET_LIMIT = 0.1  # CPU-s per s used by other processes above which timings are not trusted
 HZ = os.sysconf("SC_CLK_TCK")

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
+from tinytransformer.runtime.precision import on_gpu
+from tinytransformer.runtime.recipe import build_module
 from tinytransformer.training.optim import build_optimizer, build_scheduler
-from tinytransformer.training.precision import on_gpu
-from tinytransformer.training.recipe import build_module
 
 
 @dataclass

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import lightning as L
 
-from tinytransformer.cli import CONFIG_DIR, project_env
-from tinytransformer.config import validate
 from tinytransformer.errors import UserError
-from tinytransformer.overrides import compose_config
-from tinytransformer.training.precision import resolve_precision
-from tinytransformer.training.recipe import build_callbacks, build_datamodule, build_module, build_trainer
+from tinytransformer.runtime.cli import CONFIG_DIR, project_env
+from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.overrides import compose_config
+from tinytransformer.runtime.precision import resolve_precision
+from tinytransformer.runtime.recipe import build_callbacks, build_datamodule, build_module, build_trainer
 
 from .machine import CpuSample, other_cpu_per_s, synchronize
 from .plain_loop import Segment

@@ -25,9 +25,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from tinytransformer.cli import ROOT
 from tinytransformer.model import TinyTransformer, build_model
-from tinytransformer.training.precision import on_gpu
+from tinytransformer.runtime.cli import ROOT
+from tinytransformer.runtime.precision import on_gpu
 
 from .machine import (
     CpuSample,

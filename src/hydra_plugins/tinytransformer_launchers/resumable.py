@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
-from tinytransformer.runs import FAILED_FILE, FINISHED, METRICS
+from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS
 
 
 @dataclass

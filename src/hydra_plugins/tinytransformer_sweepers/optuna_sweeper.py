@@ -17,8 +17,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hydra_plugins.tinytransformer_sweepers.search_space import check_same_space, search_space, suggest
 from tinytransformer.errors import exit_on_user_error
-from tinytransformer.runs import write_atomic
-from tinytransformer.studies import PRUNED_AT, open_storage, trial_id
+from tinytransformer.files import write_atomic
+from tinytransformer.runtime.studies import PRUNED_AT, open_storage, trial_id
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"  # the study's best, in the sweep dir (compare_runs ranks by it)

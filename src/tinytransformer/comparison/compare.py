@@ -13,7 +13,7 @@ from tinytransformer.comparison.files import run_row, runs_csv, summary
 from tinytransformer.comparison.records import RunRecord, find_runs
 from tinytransformer.comparison.significance import ALPHA, Comparison, against_baseline, comparison_cells
 from tinytransformer.errors import UserError, WriteFailed, exit_on_user_error, os_error_line
-from tinytransformer.runs import write_atomic, write_json_atomic
+from tinytransformer.files import write_atomic, write_json_atomic
 
 REPORT, TABLE, SUMMARY, CURVES = "comparison.md", "comparison.csv", "comparison.json", "val_curves.png"
 STUDY = "optimization_results.yaml"  # hydra's Optuna sweeper writes it into the sweep dir when the study ends

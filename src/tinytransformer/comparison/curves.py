@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tinytransformer.runs import write_atomic
+from tinytransformer.files import write_atomic
 
 if TYPE_CHECKING:
     from tinytransformer.comparison.compare import SettingGroup

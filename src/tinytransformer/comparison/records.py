@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tinytransformer.runs import (
+from tinytransformer.runtime.runs import (
     FAILED,
     FAILED_FILE,
     FINISHED,

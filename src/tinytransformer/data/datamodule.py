@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 
 from tinytransformer.data.batches import Augment, RandomWindowBatches, StridedEvalBatches
+from tinytransformer.data.config import DataConfig
 from tinytransformer.data.corpora import (
     Corpus,
     inline_corpus,
@@ -20,7 +21,6 @@ from tinytransformer.data.corpora import (
 from tinytransformer.data.token_cache import cached_char_tokens
 from tinytransformer.data.tokenizers import Tokenizer, create_tokenizer, token_dtype, tokenizer_from_dict
 from tinytransformer.errors import UserError
-from tinytransformer.schema import DataConfig
 
 
 def load_corpus(cfg: DataConfig, seed: int) -> Corpus:

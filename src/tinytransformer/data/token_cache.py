@@ -25,7 +25,7 @@ import numpy as np
 
 from tinytransformer.data.text_files import TextFile, check_file, chunk_text, opened, text_chunks
 from tinytransformer.data.tokenizers import CharTokenizer, token_dtype
-from tinytransformer.runs import write_json_atomic
+from tinytransformer.files import write_json_atomic
 
 SAMPLE_CHARS = 1 << 22  # text kept in memory for scoring samples (the first 4 M characters)
 _MAX_CODEPOINT = 0x110000

@@ -1,2 +1,2 @@
-"""The training layer: the LightningModule, metrics, optimizers, regularizers, callbacks, the recipe and the
-launch of several processes."""
+"""Training, the core a researcher reads: the LightningModule (step, loss, regularizer hooks, metrics),
+regularizers, optimizers and schedules, and the callbacks of the training itself."""

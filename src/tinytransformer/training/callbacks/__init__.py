@@ -1,18 +1,9 @@
-"""Lightning callbacks, each built from its YAML in conf/callbacks/ (conf/callbacks/default.yaml lists a
-default run's)."""
+"""The callbacks of the training itself, each built from its YAML in conf/callbacks/: last.ckpt and the
+max_steps and finite-loss stops (`LastCheckpoint`), samples while training (`SampleGeneration`). The run's
+records (metrics.json, hparams, throughput, per-process setup) are the runtime's:
+tinytransformer.runtime.callbacks. conf/callbacks/default.yaml lists a default run's."""
 
-from tinytransformer.training.callbacks.hparams import HParamsLogger
-from tinytransformer.training.callbacks.processes import ProcessSetup
 from tinytransformer.training.callbacks.resume import LastCheckpoint
 from tinytransformer.training.callbacks.sampling import SampleGeneration
-from tinytransformer.training.callbacks.summary import RunSummary
-from tinytransformer.training.callbacks.throughput import Throughput
 
-__all__ = [
-    "HParamsLogger",
-    "LastCheckpoint",
-    "ProcessSetup",
-    "RunSummary",
-    "SampleGeneration",
-    "Throughput",
-]
+__all__ = ["LastCheckpoint", "SampleGeneration"]

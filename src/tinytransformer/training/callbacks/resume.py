@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from tinytransformer.runs import LAST, write_atomic
+from tinytransformer.files import LAST, write_atomic
 from tinytransformer.training.callbacks.steps import OptimizerStepCallback
 
 # SIGUSR2: SLURM's notice before a time limit (submitit's --signal), after which submitit requeues the job.

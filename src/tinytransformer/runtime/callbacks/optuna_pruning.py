@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from tinytransformer.studies import PRUNED_AT, open_storage, trial_of
+from tinytransformer.runtime.studies import PRUNED_AT, open_storage, trial_of
 
 log = logging.getLogger("tinytransformer")
 

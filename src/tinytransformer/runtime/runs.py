@@ -5,7 +5,6 @@ Light on purpose (no Lightning import): the command line checks run dirs before 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -15,38 +14,19 @@ import socket
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from tinytransformer.config import CONFIG_DIR
 from tinytransformer.errors import UserError
+from tinytransformer.files import LAST, write_json_atomic
+from tinytransformer.runtime.config import CONFIG_DIR
 
-LAST = "last.ckpt"  # the checkpoint a run resumes from
 FAILED_FILE = "failed.json"  # {"status": "failed", "reason": ...}: a job that could not finish
 METRICS = "metrics.json"  # the run's summary
 LOCK = "run.lock"  # held (an OS lock) by the process that writes the run dir
 # metrics.json's `status`: a run that is going (or was killed: then no process holds its lock), one stopped
 # by a signal (resumable), one that raised, and one whose fit, final validation and test all completed.
 RUNNING, INTERRUPTED, FAILED, FINISHED = "running", "interrupted", "failed", "finished"
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write via a temporary file + rename: a kill or a full disk mid-write leaves the previous file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # several processes may write one file
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException as err:  # no half-written temporary file stays behind
-        with contextlib.suppress(OSError):  # a read-only file system refuses even this
-            tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            err.filename = str(path)  # the file the user knows (a failed write() names none)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def record_failure(output_dir: Path, reason: str) -> None:

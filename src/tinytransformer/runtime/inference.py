@@ -7,15 +7,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from tinytransformer.checkpoints import (
+from tinytransformer.errors import UserError
+from tinytransformer.model.generation import generate
+from tinytransformer.runtime.checkpoints import (
     load_checkpoint,
     model_block_size,
     model_from_checkpoint,
     tokenizer_from_checkpoint,
 )
-from tinytransformer.config import check_value
-from tinytransformer.errors import UserError
-from tinytransformer.model.generation import generate
+from tinytransformer.runtime.config import check_value
 from tinytransformer.training.metrics import LanguageModelMetrics
 
 _INT, _NUM = (int,), (int, float)

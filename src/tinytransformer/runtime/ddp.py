@@ -27,8 +27,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import TrainerStatus
 
+from tinytransformer.runtime.launch import launcher_world
 from tinytransformer.training.callbacks.resume import LastCheckpoint, RunInterrupted
-from tinytransformer.training.launch import launcher_world
 from tinytransformer.training.lightning_module import NonFiniteLoss
 
 

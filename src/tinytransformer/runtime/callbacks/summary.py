@@ -13,10 +13,11 @@ from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinytransformer.runs import FAILED, INTERRUPTED, RUNNING, write_json_atomic
-from tinytransformer.training.callbacks.processes import job_start_time
+from tinytransformer.files import write_json_atomic
+from tinytransformer.runtime.callbacks.processes import job_start_time
+from tinytransformer.runtime.callbacks.throughput import Throughput
+from tinytransformer.runtime.runs import FAILED, INTERRUPTED, RUNNING
 from tinytransformer.training.callbacks.resume import RunInterrupted
-from tinytransformer.training.callbacks.throughput import Throughput
 
 LN2 = math.log(2)
 # One job's speed: a resumed job starts without the checkpoint's, and records its own at its end or fault.

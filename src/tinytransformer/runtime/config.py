@@ -17,11 +17,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tinytransformer.checks import check_fields, check_value
+from tinytransformer.data.config import DataConfig
 from tinytransformer.errors import UserError
-from tinytransformer.schema import DataConfig, RunConfig, TrainerConfig
+from tinytransformer.runtime.schema import RunConfig, TrainerConfig
 from tinytransformer.specs import check_arguments
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/, scripts/
+ROOT = Path(__file__).resolve().parents[3]  # the repository: conf/, scripts/
 CONFIG_DIR = ROOT / "conf"
 
 Rule = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tinytransformer.errors import UserError
-from tinytransformer.runs import quoted
+from tinytransformer.runtime.runs import quoted
 
 # Strategies for which Lightning starts ranks 1..N-1 by running this command line again.
 RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")

@@ -16,24 +16,25 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig
 
-from tinytransformer import hparams
-from tinytransformer.checkpoints import load_checkpoint
-from tinytransformer.config import to_plain, validate
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.errors import UserError
-from tinytransformer.runs import FINISHED
-from tinytransformer.training.callbacks import LastCheckpoint, RunSummary
-from tinytransformer.training.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
+from tinytransformer.runtime import hparams
+from tinytransformer.runtime.callbacks import RunSummary
+from tinytransformer.runtime.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
+from tinytransformer.runtime.callbacks.summary import stop_reason
+from tinytransformer.runtime.checkpoints import load_checkpoint
+from tinytransformer.runtime.config import to_plain, validate
+from tinytransformer.runtime.ddp import launch_settings
+from tinytransformer.runtime.launch import is_rank_zero
+from tinytransformer.runtime.precision import on_gpu, resolve_precision
+from tinytransformer.runtime.preflight import check_callbacks, check_loggers, check_trainer_flags
+from tinytransformer.runtime.profiler import NullProfiler
+from tinytransformer.runtime.report import format_summary
+from tinytransformer.runtime.runs import FINISHED
+from tinytransformer.training.callbacks import LastCheckpoint
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
-from tinytransformer.training.callbacks.summary import stop_reason
-from tinytransformer.training.ddp import launch_settings
-from tinytransformer.training.launch import is_rank_zero
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT, LanguageModel
 from tinytransformer.training.optim import resume_schedule, scheduler_spec
-from tinytransformer.training.precision import on_gpu, resolve_precision
-from tinytransformer.training.preflight import check_callbacks, check_loggers, check_trainer_flags
-from tinytransformer.training.profiler import NullProfiler
-from tinytransformer.training.report import format_summary
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinytransformer.runtime.flops import counted_flops_per_token, matmul_precision, peak_flops
 from tinytransformer.training.callbacks.steps import OptimizerStepCallback
-from tinytransformer.training.flops import counted_flops_per_token, matmul_precision, peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class Throughput(OptimizerStepCallback):
 
     Timed by the host clock between log steps, validation left out, so it costs no host sync: on a GPU the
     host runs ahead of the device by at most its launch queue, a small error over tens of steps.
-    MFU = tokens/s x training FLOPs per token / (peak FLOP/s x devices); see tinytransformer.training.flops.
+    MFU = tokens/s x training FLOPs per token / (peak FLOP/s x devices); see tinytransformer.runtime.flops.
     RunSummary puts the run's figures in metrics.json: `train_tokens_per_s` and `mfu` over all of this
     job's training steps, validation left out as in the scalars, beside the FLOPs per token and the peak.
 

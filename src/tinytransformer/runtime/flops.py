@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinytransformer.files import write_json_atomic
 from tinytransformer.model import build_model
-from tinytransformer.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from tinytransformer.config import to_plain
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
+from tinytransformer.runtime.config import to_plain
 from tinytransformer.specs import check_required, resolve
 from tinytransformer.training.optim import build_optimizer, scheduler_class
 from tinytransformer.training.regularizers import build_regularizers

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from tinytransformer.config import CONFIG_DIR, to_plain
+from tinytransformer.runtime.config import CONFIG_DIR, to_plain
 
 
 def flat_hparams(cfg: DictConfig, group_dirs: list[Path] | None = None) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from tinytransformer.sweeps import sweeper_params, swept_keys
+    from tinytransformer.runtime.sweeps import sweeper_params, swept_keys
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None

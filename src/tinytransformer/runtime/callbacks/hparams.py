@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from tinytransformer.runs import write_atomic
+from tinytransformer.files import write_atomic
 
 HP_METRICS = (
     "hp/val_loss_best",
@@ -31,7 +31,7 @@ class HParamsLogger(L.Callback):
 
     TensorBoard builds its columns from the keys of the first runs it sees, so every run of a sweep must log
     the same flat key set: conf/callbacks/hparams.yaml gives `params` as `${run_hparams:}`, the run's
-    `tinytransformer.hparams.flat_hparams`. In a sweep, `sweep` ({"dir", "varied"}: `${run_sweep:}`) makes
+    `tinytransformer.runtime.hparams.flat_hparams`. In a sweep, `sweep` ({"dir", "varied"}: `${run_sweep:}`) makes
     the HPARAMS tab open with the varied hparams first and shown, and the hp/ metrics.
     """
 

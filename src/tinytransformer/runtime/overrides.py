@@ -9,9 +9,9 @@ import difflib
 import re
 from pathlib import Path
 
-from tinytransformer.config import register_schemas
 from tinytransformer.errors import UserError
-from tinytransformer.runs import quoted
+from tinytransformer.runtime.config import register_schemas
+from tinytransformer.runtime.runs import quoted
 
 _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
 

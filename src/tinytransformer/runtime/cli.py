@@ -12,11 +12,11 @@ import sys
 import threading
 from pathlib import Path
 
-from tinytransformer import runs, sweeps
-from tinytransformer.config import CONFIG_DIR, ROOT, register_schemas
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
-from tinytransformer.overrides import compose_config, override_value, parse_args
-from tinytransformer.training import launch
+from tinytransformer.files import LAST
+from tinytransformer.runtime import launch, runs, sweeps
+from tinytransformer.runtime.config import CONFIG_DIR, ROOT, register_schemas
+from tinytransformer.runtime.overrides import compose_config, override_value, parse_args
 
 
 def register_resolvers() -> None:
@@ -57,10 +57,10 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
     """Compose (first value of each sweep) and validate; returns the composed config with `hydra`."""
     cfg = compose_config(config_dir, config_name, overrides, with_hydra=True)
     if not multirun:
-        from tinytransformer.config import validate
+        from tinytransformer.runtime.config import validate
 
         validate(cfg)  # first: a typo costs no torch or Lightning import
-        from tinytransformer.training.preflight import check_components
+        from tinytransformer.runtime.preflight import check_components
 
         check_components(cfg)  # every class importable and its arguments known, before any work
     return cfg
@@ -126,7 +126,7 @@ def compose_cli(config_name: str, argv: list[str]):
 
 def generate_main() -> None:
     """`python scripts/generate.py ckpt_path=<run dir or .ckpt> prompt="The cat" max_new_tokens=200`."""
-    from tinytransformer.inference import generate_samples
+    from tinytransformer.runtime.inference import generate_samples
 
     project_env()
     try:
@@ -146,7 +146,7 @@ def evaluate_main() -> None:
     """`python scripts/evaluate.py ckpt_path=<run dir or .ckpt>`: prints one line per metric, as JSON too."""
     import json
 
-    from tinytransformer.inference import evaluate_checkpoint
+    from tinytransformer.runtime.inference import evaluate_checkpoint
 
     project_env()
     try:
@@ -168,10 +168,10 @@ def _hydra_train(cfg) -> float | None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from tinytransformer.training.callbacks.processes import isolated_job
+    from tinytransformer.runtime.callbacks.processes import isolated_job
+    from tinytransformer.runtime.recipe import train
     from tinytransformer.training.callbacks.resume import RunInterrupted
     from tinytransformer.training.lightning_module import NonFiniteLoss
-    from tinytransformer.training.recipe import train
 
     log = logging.getLogger("tinytransformer")
     threading.excepthook = _quiet_os_errors_in_threads
@@ -182,7 +182,7 @@ def _hydra_train(cfg) -> float | None:
     rank_zero = launch.is_rank_zero()
     if not rank_zero:  # one train.log, rank 0's (SLURM starts every task with Hydra's log handlers)
         _drop_file_handlers(logging.getLogger())
-    ckpt = str(Path(cfg.resume) / "checkpoints" / runs.LAST) if cfg.get("resume") else None
+    ckpt = str(Path(cfg.resume) / "checkpoints" / LAST) if cfg.get("resume") else None
     if multirun and not ckpt and (last := runs.checkpoint_to_continue(output_dir)):
         ckpt = str(last)  # a requeued SLURM job or a re-run sweep: same run dir, continue where it stopped
         log.info(f"job {hc.job.num}: continuing {output_dir} from {last}")
@@ -195,7 +195,7 @@ def _hydra_train(cfg) -> float | None:
                 runs.clear_failure(output_dir)
             elif multirun and (earlier := runs.start_over(output_dir)):  # a re-run of the sweep
                 log.info(
-                    f"job {hc.job.num}: starting {output_dir} over (no {runs.LAST}): removed {', '.join(earlier)}"
+                    f"job {hc.job.num}: starting {output_dir} over (no {LAST}): removed {', '.join(earlier)}"
                 )
         with isolated_job():
             results = train(cfg, output_dir, ckpt_path=ckpt)
