@@ -58,7 +58,11 @@ def _slurm_runs_the_ranks(kwargs: dict[str, Any]) -> bool:
 
 
 class SpawnDDPStrategy(DDPStrategy):
-    """DDP in processes started by fit() (`trainer.strategy=ddp_spawn`): no re-run of the command line."""
+    """DDP in processes started by fit() (`trainer.strategy=ddp_spawn`): no re-run of the command line.
+
+    Lightning's own ddp_spawn loses the workers' run summary (the main process writes an empty metrics.json
+    over rank 0's) and ends a non-finite loss in every worker's traceback: tests/test_stock_ddp_spawn.py.
+    """
 
     def __init__(self, **kwargs: Any):
         super().__init__(start_method="spawn", **kwargs)
