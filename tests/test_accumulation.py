@@ -14,7 +14,7 @@ from tests.test_resume import assert_same_state
 
 from tinytransformer.errors import UserError
 from tinytransformer.runtime import recipe
-from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.preflight import validate
 
 ACCUMULATE = 2
 # Dropout and augmentation draw per micro-batch; validation (trainer.val_check_interval counts optimizer

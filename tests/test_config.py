@@ -12,7 +12,7 @@ from tinytransformer.data.config import AugmentConfig, DataConfig
 from tinytransformer.errors import UserError
 from tinytransformer.model import TransformerConfig
 from tinytransformer.runtime.cli import CONFIG_DIR
-from tinytransformer.runtime.config import OPTIONAL_CHECKS, validate
+from tinytransformer.runtime.preflight import OPTIONAL_CHECKS, validate
 from tinytransformer.runtime.schema import RunConfig, TrainerConfig
 
 # A value each check refuses, and what the line says the value must be.

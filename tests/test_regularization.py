@@ -14,7 +14,7 @@ from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
 from tinytransformer.runtime import recipe
-from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.preflight import validate
 from tinytransformer.runtime.recipe import train
 
 QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=minimal", "test=false"]

@@ -11,7 +11,7 @@ from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.errors import UserError
 from tinytransformer.runtime import recipe
-from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.preflight import validate
 from tinytransformer.training.optim import warmup_cosine
 
 # A cosine run of 20 steps (5 of warm-up, down to 0.1 x lr), extended to 40 on resume.

@@ -12,8 +12,8 @@ from lightning.pytorch.profilers import SimpleProfiler
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.runtime import recipe
-from tinytransformer.runtime.config import validate
 from tinytransformer.runtime.precision import resolve_precision
+from tinytransformer.runtime.preflight import validate
 from tinytransformer.runtime.profiler import NullProfiler
 from tinytransformer.training.lightning_module import LanguageModel
 

@@ -16,7 +16,7 @@ from tinytransformer.data.batches import RandomWindowBatches
 from tinytransformer.model import TinyTransformer
 from tinytransformer.runtime import precision, recipe
 from tinytransformer.runtime.cli import CONFIG_DIR
-from tinytransformer.runtime.config import validate
+from tinytransformer.runtime.preflight import validate
 from tinytransformer.runtime.recipe import train
 
 GROUP_EXTRAS = {("data", "text_file"): ["data.path=/tmp/x.txt"]}

@@ -19,9 +19,9 @@ import lightning as L
 
 from tinytransformer.errors import UserError
 from tinytransformer.runtime.cli import CONFIG_DIR, project_env
-from tinytransformer.runtime.config import validate
 from tinytransformer.runtime.overrides import compose_config
 from tinytransformer.runtime.precision import resolve_precision
+from tinytransformer.runtime.preflight import validate
 from tinytransformer.runtime.recipe import build_callbacks, build_datamodule, build_module, build_trainer
 
 from .machine import CpuSample, other_cpu_per_s, synchronize

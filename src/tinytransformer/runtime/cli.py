@@ -57,12 +57,9 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
     """Compose (first value of each sweep) and validate; returns the composed config with `hydra`."""
     cfg = compose_config(config_dir, config_name, overrides, with_hydra=True)
     if not multirun:
-        from tinytransformer.runtime.config import validate
+        from tinytransformer.runtime.preflight import check
 
-        validate(cfg)  # first: a typo costs no torch or Lightning import
-        from tinytransformer.runtime.preflight import check_components
-
-        check_components(cfg)  # every class importable and its arguments known, before any work
+        check(cfg)  # a typo first (no torch import), then every class importable and its arguments known
     return cfg
 
 

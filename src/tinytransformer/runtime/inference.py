@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from tinytransformer.checks import check_value
 from tinytransformer.errors import UserError
 from tinytransformer.model.generation import generate
 from tinytransformer.runtime.checkpoints import (
@@ -15,7 +16,6 @@ from tinytransformer.runtime.checkpoints import (
     model_from_checkpoint,
     tokenizer_from_checkpoint,
 )
-from tinytransformer.runtime.config import check_value
 from tinytransformer.training.metrics import LanguageModelMetrics
 
 _INT, _NUM = (int,), (int, float)

@@ -1,20 +1,32 @@
-"""Every swappable part checked before any work: a part that cannot be built, or a stock Lightning callback
-that a run cannot use, costs one line (a UserError) and no run dir."""
+"""The config checker: a composed config checked before any work, one line (a UserError) and no run dir for
+the first mistake.
+
+- `validate`: every value's type and range. The schema (schema.py, data/config.py: each key we own, its
+  type, default and range check), OPTIONAL_CHECKS for the common keys of swappable parts, the default
+  model's TransformerConfig, and the names of lightning.Trainer arguments. It imports no torch: a typo costs
+  no more than Hydra's compose. It also checks a resumed run's saved config, which composes without the
+  schema.
+- `check_components`: every swappable part (`_target_`) imported and its arguments checked against its
+  signature; the model and optimizer built on the meta device (an optimizer refusing a parameter); stock
+  Lightning callbacks and Trainer flags a run cannot use; loggers whose packages are missing.
+- `check`: both, in that order (the command line's pre-flight).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+from collections.abc import Callable
+from typing import Any
 
-import torch
-from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tinytransformer.checks import check_fields, check_value
+from tinytransformer.data.config import DataConfig
 from tinytransformer.errors import UserError
-from tinytransformer.model import build_model
 from tinytransformer.runtime.config import to_plain
-from tinytransformer.specs import check_required, resolve
-from tinytransformer.training.optim import build_optimizer, scheduler_class
-from tinytransformer.training.regularizers import build_regularizers
+from tinytransformer.runtime.schema import RunConfig, TrainerConfig
+from tinytransformer.specs import check_arguments, check_required, resolve
 
 # The metrics a callback can monitor (EarlyStopping, ModelCheckpoint: `monitor`): LanguageModel's, after
 # each validation or at log steps, and those of the default callbacks (conf/callbacks/).
@@ -55,9 +67,96 @@ LOGGER_EXTRAS = {
 }
 
 
+Rule = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]
+
+_INT, _NUM = (int,), (int, float)
+# Keys of swappable parts (each class takes arguments of its own) and of library callbacks, checked where
+# present: a dataclass per library class would copy its signature. A run dir saved before models were
+# swappable has no model._target_.
+OPTIONAL_CHECKS: list[Rule] = [
+    ("model._target_", (str,), None, "a class path, package.module.Class"),
+    ("optimizer._target_", (str,), None, "a class path, e.g. torch.optim.AdamW"),
+    ("optimizer.lr", _NUM, lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", _NUM, lambda v: v >= 0, "a number >= 0"),
+    ("model.compile", (bool,), None, "true or false"),
+    ("scheduler._target_", (str,), None, "a class path, e.g. torch.optim.lr_scheduler.StepLR"),
+    ("scheduler.warmup_steps", _INT, lambda v: v >= 0, "an integer >= 0"),
+    ("scheduler.min_lr_ratio", _NUM, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    (
+        "scheduler.on_resume",
+        (str,),
+        lambda v: v in ("keep", "rebuild"),
+        "'keep' (a resumed run continues its checkpoint's schedule) or 'rebuild' (planned anew for this config)",
+    ),
+    ("callbacks.early_stopping.patience", _INT, lambda v: v >= 1, "an integer >= 1"),
+    ("callbacks.early_stopping.min_delta", _NUM, lambda v: v >= 0, "a number >= 0"),
+    ("callbacks.sample_generation.every_n_steps", _INT, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    ("callbacks.sample_generation.stop_at_quality", _NUM, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+]
+
+
+def select(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted key, resolved, as plain data; a value missing or failing to resolve is a user
+    error."""
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+        return value
+    except Exception as err:  # omegaconf raises several types for missing or broken values
+        key = getattr(err, "full_key", None) or key
+        raise UserError(f"{key}: {str(err).splitlines()[0]}; set it with {key}=<value>") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise a UserError naming the first value in `cfg` that its schema or OPTIONAL_CHECKS refuses."""
+    names = [f.name for f in dataclasses.fields(RunConfig)]
+    check_fields(RunConfig, {name: select(cfg, name) for name in names if name in cfg}, "", closed=False)
+    DataConfig.check(select(cfg, "data"))
+    trainer = select(cfg, "trainer")
+    check_fields(TrainerConfig, trainer, "trainer", closed=False)
+    for key, types, ok, allowed in OPTIONAL_CHECKS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check_value(key, value, types, ok, allowed)
+    # Last, as they import torch and Lightning: a mistake found above costs neither.
+    _check_model(select(cfg, "model"))
+    _check_trainer_arguments(trainer)
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    """TinyTransformer's arguments against its TransformerConfig (another class's are checked against its
+    signature, by training.preflight.check_components)."""
+    from tinytransformer.model.transformer import DEFAULT_MODEL, TinyTransformer, TransformerConfig
+
+    target = str(model.get("_target_") or "")
+    if target in (DEFAULT_MODEL, f"{TinyTransformer.__module__}.{TinyTransformer.__name__}"):
+        TransformerConfig.check({k: v for k, v in model.items() if k not in ("_target_", "compile")})
+
+
+def _check_trainer_arguments(trainer: dict[str, Any]) -> None:
+    """The `trainer` node takes any lightning.Trainer argument beside TrainerConfig's fields: no other key."""
+    import lightning
+
+    own = {f.name for f in dataclasses.fields(TrainerConfig)}
+    check_arguments(lightning.Trainer, {k: v for k, v in trainer.items() if k not in own}, "trainer")
+
+
+def check(cfg: DictConfig) -> None:
+    """`validate`, then `check_components`: the first mistake in `cfg`, in one line, before any work."""
+    validate(cfg)
+    check_components(cfg)
+
+
 def check_components(cfg: DictConfig) -> None:
     """A UserError, before any work, for a model, optimizer, scheduler, regularizer, callback or logger
     that cannot be built or used: the builders' own checks."""
+    import torch  # here, not at the top: validate imports no torch
+
+    from tinytransformer.model import build_model
+    from tinytransformer.training.optim import build_optimizer, scheduler_class
+    from tinytransformer.training.regularizers import build_regularizers
+
     model_spec = {k: v for k, v in to_plain(cfg.model).items() if k != "compile"}
     with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
         # The data sets vocab_size; any stands in here, with the same parameter names and dimensions.
@@ -80,7 +179,10 @@ def check_trainer_flags(cfg: DictConfig) -> None:
 
 def check_callbacks(cfg: DictConfig) -> None:
     """Each callback's class and arguments; a stock one the run cannot use (REFUSED_CALLBACKS, no logger
-    for one that writes to them, a missing package, a second progress bar, a `monitor` that names no metric of the run) in one line."""
+    for one that writes to them, a missing package, a second progress bar, a `monitor` that names no
+    metric of the run) in one line."""
+    from lightning.pytorch.callbacks import ProgressBar
+
     specs = {
         name: OmegaConf.to_container(spec, resolve=False)  # keys and plain values: no interpolation needed
         for name, spec in (cfg.get("callbacks") or {}).items()

@@ -23,11 +23,11 @@ from tinytransformer.runtime.callbacks import RunSummary
 from tinytransformer.runtime.callbacks.processes import log_lightning_via_root, quiet_lightning_notices
 from tinytransformer.runtime.callbacks.summary import stop_reason
 from tinytransformer.runtime.checkpoints import load_checkpoint
-from tinytransformer.runtime.config import to_plain, validate
+from tinytransformer.runtime.config import to_plain
 from tinytransformer.runtime.ddp import launch_settings
 from tinytransformer.runtime.launch import is_rank_zero
 from tinytransformer.runtime.precision import on_gpu, resolve_precision
-from tinytransformer.runtime.preflight import check_callbacks, check_loggers, check_trainer_flags
+from tinytransformer.runtime.preflight import check_callbacks, check_loggers, check_trainer_flags, validate
 from tinytransformer.runtime.profiler import NullProfiler
 from tinytransformer.runtime.report import format_summary
 from tinytransformer.runtime.runs import FINISHED

@@ -1,6 +1,6 @@
 """The schema of the run's config: each key we own, its type, its default (the default run's) and its range
 check, side by side. `config.register_schemas` puts it in Hydra's ConfigStore as the base of conf/train.yaml,
-so the YAMLs hold only what differs from these defaults; `config.validate` checks a composed config with it.
+so the YAMLs hold only what differs from these defaults; `preflight.validate` checks a composed config with it.
 The `data` node's schema is the data module's own config, `tinytransformer.data.config.DataConfig`.
 """
 
