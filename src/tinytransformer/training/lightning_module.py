@@ -135,6 +135,10 @@ class LanguageModel(L.LightningModule):
             self.log("train/loss", loss)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # the finite-loss stop, on log steps
+            self.check_finite()
+
     def _logging_step(self) -> bool:
         """Whether Lightning writes this step's logs: `self.log` has a real per-call cost (~50 us of Python),
         so step metrics are logged only on the steps that are written (every trainer.log_every_n_steps)."""

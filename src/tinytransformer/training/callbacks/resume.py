@@ -72,8 +72,6 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
             # so every run's results describe its final weights. max_time and a sample-quality stop set
             # it too; Lightning runs this callback after the others.
             trainer.should_stop = True
-        if trainer.global_step % trainer.log_every_n_steps == 0:
-            pl_module.check_finite()
         if not validation_follows(trainer):
             self._at_resume_point(trainer, pl_module, validated=False)
 
