@@ -23,7 +23,7 @@ from tinytransformer.specs import resolve
 
 # Per-layer cache of (keys, values), each (B, n_heads, T_cached, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
-# The model class of a spec without `_target_`: checkpoints written before models were swappable.
+# TinyTransformer's class path as conf/model/*.yaml name it (tinytransformer.model exports it).
 DEFAULT_MODEL = "tinytransformer.model.TinyTransformer"
 
 

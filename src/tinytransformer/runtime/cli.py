@@ -59,7 +59,7 @@ def preflight(config_dir: Path, config_name: str, overrides: list[str], multirun
     if not multirun:
         from tinytransformer.runtime.preflight import check
 
-        check(cfg)  # a typo first (no torch import), then every class importable and its arguments known
+        check(cfg)  # values first (a typo costs no torch import), then every class and its arguments
     return cfg
 
 

@@ -3,9 +3,9 @@ the first mistake.
 
 - `validate`: every value's type and range. The schema (schema.py, data/config.py: each key we own, its
   type, default and range check), OPTIONAL_CHECKS for the common keys of swappable parts, the default
-  model's TransformerConfig, and the names of lightning.Trainer arguments. It imports no torch: a typo costs
-  no more than Hydra's compose. It also checks a resumed run's saved config, which composes without the
-  schema.
+  model's TransformerConfig, and the names of lightning.Trainer arguments. Only those last two import torch
+  and Lightning, so a mistake in a key of ours costs no more than Hydra's compose. It also checks a resumed
+  run's saved config, which composes without the schema.
 - `check_components`: every swappable part (`_target_`) imported and its arguments checked against its
   signature; the model and optimizer built on the meta device (an optimizer refusing a parameter); stock
   Lightning callbacks and Trainer flags a run cannot use; loggers whose packages are missing.
@@ -151,7 +151,7 @@ def check(cfg: DictConfig) -> None:
 def check_components(cfg: DictConfig) -> None:
     """A UserError, before any work, for a model, optimizer, scheduler, regularizer, callback or logger
     that cannot be built or used: the builders' own checks."""
-    import torch  # here, not at the top: validate imports no torch
+    import torch  # here, not at the top: a mistake validate finds first costs no torch import
 
     from tinytransformer.model import build_model
     from tinytransformer.training.optim import build_optimizer, scheduler_class
