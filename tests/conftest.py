@@ -119,7 +119,7 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 # Steps at which a run of SYNC_RUN may read values on the host: logging (10), validation, checkpoints and
-# samples (20), and progress-bar refreshes (every max_steps // 20 = 5) all fall on multiples of 5.
+# samples (20), and progress-bar refreshes (every 50 batches) all fall on multiples of 5.
 SYNC_RUN = [
     *TINY_RUN,
     "trainer.max_steps=100",

@@ -108,11 +108,10 @@ def test_a_monitor_of_a_metric_the_run_logs_is_taken_also_through_an_interpolati
     ],
 )
 def test_a_sweeps_job_refuses_a_stock_callback_it_cannot_use_before_building_it(callback, line, tmp_path):
-    from tinytransformer.runtime import recipe
-
     cfg = compose_train([*TINY_RUN, f"{STOCK}.{callback}"], tmp_path)
     with pytest.raises(UserError, match=f"^{line}"):
-        recipe.build_callbacks(cfg)  # where a sweep's job checks them: no pre-flight there
+        train(cfg, tmp_path / "job")  # where a sweep's job checks them: no command-line pre-flight there
+    assert not (tmp_path / "job").exists()
 
 
 def test_early_stoppings_patience_cannot_change_on_resume():

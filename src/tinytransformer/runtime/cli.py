@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from tinytransformer.errors import EXIT_OS_ERROR, EXIT_USER_ERROR, UserError, os_error_line
 from tinytransformer.files import LAST
@@ -39,7 +40,7 @@ def project_env() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
-def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
+def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(exit_code)
 
@@ -121,18 +122,23 @@ def compose_cli(config_name: str, argv: list[str]):
     return cfg
 
 
+def run_checkpoint_command(config_name: str, command):
+    """`command(cfg)` for conf/<config_name>.yaml and the command line's overrides; a user error or an
+    OS error (e.g. the token cache of the data it evaluates on) ends the process in one line."""
+    project_env()
+    try:
+        return command(compose_cli(config_name, sys.argv[1:]))
+    except UserError as err:
+        fail(str(err), err.exit_code)
+    except OSError as err:
+        fail(os_error_line(err), EXIT_OS_ERROR)
+
+
 def generate_main() -> None:
     """`python scripts/generate.py ckpt_path=<run dir or .ckpt> prompt="The cat" max_new_tokens=200`."""
     from tinytransformer.runtime.inference import generate_samples
 
-    project_env()
-    try:
-        cfg = compose_cli("generate", sys.argv[1:])
-        samples = generate_samples(cfg)
-    except UserError as err:
-        fail(str(err), err.exit_code)
-    except OSError as err:  # e.g. the token cache of the data it evaluates on
-        fail(os_error_line(err), EXIT_OS_ERROR)
+    samples = run_checkpoint_command("generate", generate_samples)
     for i, text in enumerate(samples):
         if len(samples) > 1:
             print(f"--- sample {i + 1} ---")
@@ -145,15 +151,7 @@ def evaluate_main() -> None:
 
     from tinytransformer.runtime.inference import evaluate_checkpoint
 
-    project_env()
-    try:
-        cfg = compose_cli("evaluate", sys.argv[1:])
-        results = evaluate_checkpoint(cfg)
-    except UserError as err:
-        fail(str(err), err.exit_code)
-    except OSError as err:  # e.g. the token cache of the data it evaluates on
-        fail(os_error_line(err), EXIT_OS_ERROR)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(run_checkpoint_command("evaluate", evaluate_checkpoint), indent=2))
 
 
 def _hydra_train(cfg) -> float | None:

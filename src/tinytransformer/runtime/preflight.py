@@ -9,7 +9,8 @@ the first mistake.
 - `check_components`: every swappable part (`_target_`) imported and its arguments checked against its
   signature; the model and optimizer built on the meta device (an optimizer refusing a parameter); stock
   Lightning callbacks and Trainer flags a run cannot use; loggers whose packages are missing.
-- `check`: both, in that order (the command line's pre-flight).
+- `check`: both, in that order: the command line's pre-flight, and every run's (a sweep's jobs too) first
+  step in recipe.train.
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ Rule = tuple[str, type | tuple[type, ...], Callable[[Any], bool] | None, str]
 
 _INT, _NUM = (int,), (int, float)
 # Keys of swappable parts (each class takes arguments of its own) and of library callbacks, checked where
-# present: a dataclass per library class would copy its signature. A run dir saved before models were
-# swappable has no model._target_.
+# present: a dataclass per library class would copy its signature.
 OPTIONAL_CHECKS: list[Rule] = [
     ("model._target_", (str,), None, "a class path, package.module.Class"),
     ("optimizer._target_", (str,), None, "a class path, e.g. torch.optim.AdamW"),
@@ -126,7 +126,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_model(model: dict[str, Any]) -> None:
     """TinyTransformer's arguments against its TransformerConfig (another class's are checked against its
-    signature, by training.preflight.check_components)."""
+    signature, by check_components)."""
     from tinytransformer.model.transformer import DEFAULT_MODEL, TinyTransformer, TransformerConfig
 
     target = str(model.get("_target_") or "")

@@ -27,7 +27,7 @@ from tinytransformer.runtime.config import to_plain
 from tinytransformer.runtime.ddp import launch_settings
 from tinytransformer.runtime.launch import is_rank_zero
 from tinytransformer.runtime.precision import on_gpu, resolve_precision
-from tinytransformer.runtime.preflight import check_callbacks, check_loggers, check_trainer_flags, validate
+from tinytransformer.runtime.preflight import check
 from tinytransformer.runtime.profiler import NullProfiler
 from tinytransformer.runtime.report import format_summary
 from tinytransformer.runtime.runs import FINISHED
@@ -45,7 +45,7 @@ log_lightning_via_root()
 
 def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None) -> dict[str, Any]:
     """Train (or resume from `ckpt_path`) as `cfg` says, writing everything under `output_dir`."""
-    validate(cfg)
+    check(cfg)  # a sweep's jobs have no command-line pre-flight: every run checks here, before any work
     resolve_precision(cfg)
     output_dir = Path(output_dir)
     L.seed_everything(cfg.seed, verbose=False)
@@ -153,7 +153,6 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     last.ckpt must hold the other checkpoints' state after a validation (the best file they just wrote).
     """
     hparams.register_resolver()  # conf/callbacks/hparams.yaml: `params: ${run_hparams:}`
-    check_callbacks(cfg)  # before any is built (a sweep's jobs get no command-line pre-flight)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return sorted(callbacks, key=lambda c: isinstance(c, LastCheckpoint))
 
@@ -166,8 +165,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[L.Callback]
     threads = kwargs.pop("threads_per_process", None)
     if threads:
         torch.set_num_threads(threads)  # this process; ProcessSetup sets it in every other rank
-    check_trainer_flags(cfg)  # a sweep's jobs too (the command line's pre-flight checks a single run)
-    check_loggers(cfg)
     _finish_wandb_run()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     # Lightning adds a checkpoint callback and a progress bar of its own unless told not to: a run without
