@@ -17,7 +17,7 @@ from tinytransformer.runtime import recipe
 from tinytransformer.runtime.preflight import validate
 
 ACCUMULATE = 2
-# Dropout and augmentation draw per micro-batch; validation (trainer.val_check_interval counts optimizer
+# Dropout and input noise draw per micro-batch; validation (trainer.val_check_interval counts optimizer
 # steps) falls between steps. The schedule is planned for 20 steps whatever max_steps a part of a run stops at.
 RUN = [
     *TINY_RUN,
@@ -25,7 +25,7 @@ RUN = [
     "trainer.max_steps=20",
     "scheduler.total_steps=20",
     "model.dropout=0.1",
-    "data.augment.mask_prob=0.1",
+    "regularization=input_noise",
     "test=false",
 ]
 

@@ -118,8 +118,8 @@ def test_seed_and_path_overrides_are_not_part_of_a_setting():
     assert (setting, seed) == (("model.dropout=0.1",), "3")
     assert short_label(setting) == "dropout=0.1"
     assert short_label(()) == "baseline"
-    assert short_label(("data.augment.p=0.5", "callbacks.early_stopping.patience=3", "+experiment=reg")) == (
-        "p=0.5, patience=3, +experiment=reg"
+    assert short_label(("regularizers.input_noise.p=0.5", "callbacks.early_stopping.patience=3", "+experiment=reg")) == (
+        "input_noise.p=0.5, patience=3, +experiment=reg"
     )
 
 

@@ -8,7 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 from tests.conftest import compose_train
 
-from tinytransformer.data.config import AugmentConfig, DataConfig
+from tinytransformer.data.config import DataConfig
 from tinytransformer.errors import UserError
 from tinytransformer.model import TransformerConfig
 from tinytransformer.runtime.cli import CONFIG_DIR
@@ -28,8 +28,6 @@ REFUSED = {
     "data.test_fraction": ("-0.1", "a number in [0, 1)"),
     "data.max_eval_chars": ("0", "an integer >= 1"),
     "data.overfit_batches": ("-1", "an integer >= 0 (0 = off)"),
-    "data.augment.mask_prob": ("1.0", "a number in [0, 1)"),
-    "data.augment.substitute_prob": ("-0.5", "a number in [0, 1)"),
     "trainer.max_steps": ("0", "an integer >= 1"),
     "trainer.val_check_interval": ("0.5", "an integer >= 1 (steps)"),
     "trainer.log_every_n_steps": ("0", "an integer >= 1"),
@@ -60,7 +58,7 @@ REFUSED = {
 def checked_keys() -> set[str]:
     """Every key with a range check: the schemas' fields and OPTIONAL_CHECKS (the scheduler's aside: its
     checks are its class's to own)."""
-    schemas = {"": RunConfig, "data.": DataConfig, "data.augment.": AugmentConfig, "trainer.": TrainerConfig}
+    schemas = {"": RunConfig, "data.": DataConfig, "trainer.": TrainerConfig}
     keys = {p + f.name for p, s in schemas.items() for f in dataclasses.fields(s) if "check" in f.metadata}
     keys |= {f"model.{f.name}" for f in dataclasses.fields(TransformerConfig) if "check" in f.metadata}
     keys -= {"model.vocab_size", "model.block_size"}  # the data gives both, never the config
@@ -94,8 +92,8 @@ def test_each_check_refuses_a_bad_value_in_one_line_naming_key_value_and_range(k
             "data.batch_size=1.5 is not allowed: data.batch_size must be an integer >= 1",
         ),
         (
-            "data.augment.mask_prob=x",
-            "data.augment.mask_prob='x' is not allowed: data.augment.mask_prob must be a number in [0, 1)",
+            "data.test_fraction=x",
+            "data.test_fraction='x' is not allowed: data.test_fraction must be a number in [0, 1)",
         ),
     ],
 )
@@ -170,8 +168,3 @@ def test_no_data_or_trainer_yaml_repeats_a_schema_default(group):
 def test_train_yaml_sets_no_top_level_key_of_the_schema():
     values = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())
     assert not set(values) & {f.name for f in dataclasses.fields(RunConfig)}
-
-
-def test_a_data_config_from_plain_data_takes_its_augment_as_a_mapping():
-    cfg = DataConfig(augment={"mask_prob": 0.1, "substitute_prob": 0.0})
-    assert cfg.augment == AugmentConfig(mask_prob=0.1)

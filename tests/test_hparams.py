@@ -15,7 +15,10 @@ def test_every_value_a_regularization_yaml_sets_is_an_hparam_named_by_its_overri
     params = flat_hparams(compose("regularization=all"), [REGULARIZATION])
     assert params["model.dropout"] == 0.2 and params["optimizer.weight_decay"] == 1.0
     assert params["trainer.gradient_clip_val"] == 0.5
-    assert params["data.augment.mask_prob"] == 0.1 and params["callbacks.early_stopping.patience"] == 3
+    assert (
+        params["regularizers.input_noise.mask_prob"] == 0.1
+        and params["callbacks.early_stopping.patience"] == 3
+    )
     assert params["regularizers.label_smoothing.smoothing"] == 0.1
 
 

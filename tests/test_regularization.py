@@ -8,8 +8,6 @@ import torch
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.comparison.curves import read_scalars
-from tinytransformer.data.config import DataConfig
-from tinytransformer.data.datamodule import TextDataModule
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
@@ -57,27 +55,6 @@ def test_gradient_clip_val_bounds_every_steps_gradient_and_null_turns_clipping_a
     assert read_scalars(tmp_path / "off", "train/clip_fraction") == [] and read_scalars(
         tmp_path / "off", "val/loss"
     )
-
-
-def datamodule(**augment: float) -> TextDataModule:
-    probs = {"mask_prob": 0.0, "substitute_prob": 0.0} | augment
-    dm = TextDataModule(DataConfig(num_chars=6000, block_size=16, batch_size=8, augment=probs), seed=5)
-    dm.setup()
-    return dm
-
-
-def test_augmentation_changes_training_inputs_only_never_targets_val_or_test():
-    plain, noisy = datamodule(), datamodule(mask_prob=0.2, substitute_prob=0.1)
-    # The mask character sorts after every character of the text, so all other ids are the same.
-    assert noisy.tokenizer.chars[:-1] == plain.tokenizer.chars
-    (x, y), (xa, ya) = plain.train_dataloader().batch(3), noisy.train_dataloader().batch(3)
-    assert torch.equal(y, ya) and not torch.equal(x, xa)
-    assert (xa == noisy.tokenizer.mask_id).any()
-    assert torch.equal(xa, noisy.train_dataloader().batch(3)[0])  # the same noise for the same step
-    for loader in ("val_dataloader", "test_dataloader"):
-        pairs = zip(getattr(plain, loader)(), getattr(noisy, loader)(), strict=True)
-        for (x, y), (xa, ya) in pairs:
-            assert torch.equal(x, xa) and torch.equal(y, ya)
 
 
 def test_stop_at_quality_ends_training_once_samples_reach_it(tmp_path):

@@ -1,15 +1,19 @@
-"""Regularizers that need code: label smoothing (the loss side) and stochastic depth (the model side) do
-what they say in training, and nothing in evaluation or generation."""
+"""Regularizers that need code: input noise (the input side), label smoothing (the loss side) and
+stochastic depth (the model side) do what they say in training, and nothing in evaluation or generation."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from tests.conftest import TINY_RUN, compose_train
 
+from tinytransformer.data.config import DataConfig
+from tinytransformer.data.datamodule import TextDataModule
+from tinytransformer.data.tokenizers import MASK_CHAR
+from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
 from tinytransformer.model.generation import generate
 from tinytransformer.runtime.recipe import train
-from tinytransformer.training.regularizers import LabelSmoothing, build_regularizers
+from tinytransformer.training.regularizers import InputNoise, LabelSmoothing, build_regularizers
 
 RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
 
@@ -17,6 +21,48 @@ RUN = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
 def model(seed: int = 0) -> TinyTransformer:
     torch.manual_seed(seed)
     return TinyTransformer(vocab_size=11, d_model=16, n_heads=2, n_layers=4, block_size=12)
+
+
+def noise_datamodule(mask_token: bool) -> TextDataModule:
+    dm = TextDataModule(DataConfig(num_chars=6000, block_size=16, batch_size=64), 5, mask_token=mask_token)
+    dm.setup()
+    return dm
+
+
+def test_input_noise_masks_and_substitutes_inputs_never_targets_with_the_seeded_generator():
+    plain, masked = noise_datamodule(False), noise_datamodule(True)
+    # The mask character sorts after every character of the text, so all other ids are the same.
+    assert masked.tokenizer.chars == [*plain.tokenizer.chars, MASK_CHAR]
+    spec = {"_target_": "tinytransformer.training.regularizers.InputNoise", "mask_prob": 0.2}
+    [noise] = build_regularizers({"n": spec | {"substitute_prob": 0.1}}, model(), masked.tokenizer)
+    x, y = masked.train_dataloader().batch(3)
+    torch.manual_seed(7)
+    noisy, targets = noise.inputs(x, y)
+    assert targets is y and noisy.shape == x.shape
+    assert (noisy == masked.tokenizer.mask_id).float().mean() == pytest.approx(0.2, abs=0.02)
+    kept = noisy == x  # a substitute equals the original 1/vocab_size of the time
+    assert 1 - kept.float().mean() == pytest.approx(
+        0.2 + 0.1 * (1 - 1 / len(masked.tokenizer.chars)), abs=0.02
+    )
+    torch.manual_seed(7)
+    assert torch.equal(noise.inputs(x, y)[0], noisy)  # the LanguageModel seeds each batch: exact resume
+    with pytest.raises(
+        UserError, match=r"^regularizers.n: mask_prob > 0 needs a vocabulary with a mask token"
+    ):
+        build_regularizers({"n": spec}, model(), plain.tokenizer)
+    assert not InputNoise(0.0, 0.1).needs_mask_token and InputNoise(0.1, 0.0).needs_mask_token
+
+
+def test_a_run_with_input_noise_reserves_the_mask_token_and_noises_training_batches_only(
+    tmp_path, monkeypatch
+):
+    calls = []
+    inputs = InputNoise.inputs
+    monkeypatch.setattr(InputNoise, "inputs", lambda self, x, y: calls.append(x.shape) or inputs(self, x, y))
+    results = train(compose_train([*RUN, "regularization=input_noise", "test=true"], tmp_path), tmp_path)
+    assert len(calls) == results["steps"] == 20  # one per training batch: validation and test see clean ids
+    ckpt = torch.load(results["best_ckpt_path"], weights_only=True)
+    assert MASK_CHAR in ckpt["hyper_parameters"]["tokenizer"]["chars"]
 
 
 def test_label_smoothing_is_cross_entropy_with_smoothed_targets():
@@ -102,7 +148,12 @@ def logged_hparams(run_dir) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "key", "value"), [("label_smoothing", "smoothing", 0.1), ("stochastic_depth", "drop_prob", 0.2)]
+    ("name", "key", "value"),
+    [
+        ("label_smoothing", "smoothing", 0.1),
+        ("stochastic_depth", "drop_prob", 0.2),
+        ("input_noise", "mask_prob", 0.1),
+    ],
 )
 def test_a_run_with_it_trains_differently_and_logs_every_regularizers_value_as_an_hparam(
     name, key, value, tmp_path

@@ -18,15 +18,14 @@ from tinytransformer.runtime.recipe import train
 from tinytransformer.training.callbacks.resume import LastCheckpoint
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT
 
-# Dropout, augmentation and a schedule: every source of randomness and state a resume must restore.
+# Dropout, input noise and a schedule: every source of randomness and state a resume must restore.
 RUN = [
     *TINY_RUN,
     "trainer.max_steps=240",
     "trainer.checkpoint_every_n_steps=15",
     "trainer.val_check_interval=40",
     "model.dropout=0.2",
-    "data.augment.mask_prob=0.1",
-    "data.augment.substitute_prob=0.05",
+    "regularization=input_noise",
     "callbacks.sample_generation.every_n_steps=50",
     "test=false",
 ]

@@ -29,7 +29,8 @@ JOBS = {
 FINISHED = (0, 1, 4, 5)
 # Every key a conf/regularization/ YAML sets, named by its override key, and what was trained.
 ISSUE_KEYS = {"model.dropout", "optimizer.weight_decay", "trainer.gradient_clip_val"}
-ISSUE_KEYS |= {"data.augment.mask_prob", "data.augment.substitute_prob", "callbacks.early_stopping.patience"}
+ISSUE_KEYS |= {"regularizers.input_noise.mask_prob", "regularizers.input_noise.substitute_prob"}
+ISSUE_KEYS |= {"callbacks.early_stopping.patience"}
 ISSUE_KEYS |= {"regularizers.label_smoothing.smoothing", "regularizers.stochastic_depth.drop_prob"}
 ISSUE_KEYS |= {"seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "batch_size"}
 
@@ -167,7 +168,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_lowest_best_val_loss(tmp_
 # The sweep's order: the baseline, each technique of conf/regularization/ alone, then all together.
 REGULARIZATION = [
     "none",
-    *("dropout", "weight_decay", "gradient_clipping", "early_stopping", "augmentation"),
+    *("dropout", "weight_decay", "gradient_clipping", "early_stopping", "input_noise"),
     *("label_smoothing", "stochastic_depth"),
     "all",
 ]
@@ -203,11 +204,11 @@ def test_a_job_name_is_short_a_group_by_its_option_a_key_by_its_last_part_unless
     groups = frozenset({"regularization"})
     job = ["regularization=dropout", "seed=2", "model=tiny"]
     assert sweep_job_name(str(tmp_path), job, {}, "all", groups=groups) == "dropout,seed=2"
-    shared = {"model.dropout": "interval(0, 0.5)", "data.augment.dropout": "interval(0, 0.5)"}
-    job = ["model.dropout=0.1", "data.augment.dropout=0.2", "seed=2"]
+    shared = {"model.dropout": "interval(0, 0.5)", "regularizers.noise.dropout": "interval(0, 0.5)"}
+    job = ["model.dropout=0.1", "regularizers.noise.dropout=0.2", "seed=2"]
     assert (
         sweep_job_name(str(tmp_path), job, shared, "all")
-        == "data.augment.dropout=0.2,model.dropout=0.1,seed=2"
+        == "model.dropout=0.1,regularizers.noise.dropout=0.2,seed=2"
     )
     # A sweep begun when jobs had the full name keeps its job dirs, so it resumes in them.
     (tmp_path / "3_regularization=dropout,seed=2").mkdir()

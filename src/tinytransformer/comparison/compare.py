@@ -17,7 +17,7 @@ from tinytransformer.files import write_atomic, write_json_atomic
 
 REPORT, TABLE, SUMMARY, CURVES = "comparison.md", "comparison.csv", "comparison.json", "val_curves.png"
 STUDY = "optimization_results.yaml"  # hydra's Optuna sweeper writes it into the sweep dir when the study ends
-_SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "data.augment.", "callbacks.early_stopping.")
+_SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "regularizers.", "callbacks.early_stopping.")
 _USAGE = "pass a sweep dir (logs/train/multiruns/<date>/<time>), a run dir, or logs/"
 _COLUMNS = (
     *("setting", "runs", "best val loss", "best val bits/char", "final train loss", "generalization gap"),

@@ -7,7 +7,6 @@ exactly the batches an uninterrupted run would have seen, with no sampler state 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,27 +38,6 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-@dataclass(frozen=True)
-class Augment:
-    """Input noise for training batches only (targets are never touched)."""
-
-    mask_prob: float = 0.0  # replace an input token by `mask_id`
-    substitute_prob: float = 0.0  # replace an input token by a uniformly random token
-    mask_id: int = 0
-    vocab_size: int = 1
-
-    @property
-    def active(self) -> bool:
-        return self.mask_prob > 0 or self.substitute_prob > 0
-
-    def apply(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        # Noise is drawn on the CPU from the batch's own generator (deterministic per step on any device).
-        u = to_device(torch.rand(x.shape, generator=generator), x.device)
-        random_ids = to_device(torch.randint(self.vocab_size, x.shape, generator=generator), x.device)
-        x = torch.where(u < self.substitute_prob, random_ids, x)
-        return torch.where(u >= 1.0 - self.mask_prob, torch.full_like(x, self.mask_id), x)
-
-
 class RandomWindowBatches:
     """Endless training batches of `batch_size` random windows of `block_size + 1` tokens.
 
@@ -76,14 +54,12 @@ class RandomWindowBatches:
         seed: int,
         rank: int = 0,
         start: int = 0,
-        augment: Augment | None = None,
         repeat_every: int = 0,
     ):
         self.tokens = as_index_tensor(tokens)
         self.repeat_every = repeat_every  # > 0: cycle through that many fixed batches (overfitting check)
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank, self.start = seed, rank, start
-        self.augment = augment if augment is not None and augment.active else None
         self.num_windows = len(self.tokens) - block_size
         self._arange = torch.arange(block_size + 1, device=self.tokens.device)
 
@@ -95,10 +71,7 @@ class RandomWindowBatches:
         windows = self.tokens[
             to_device(offsets, self.tokens.device)[:, None] + self._arange
         ].long()  # (B, T+1)
-        x, y = windows[:, :-1], windows[:, 1:]
-        if self.augment is not None:
-            x = self.augment.apply(x, generator)
-        return x, y
+        return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         index = self.start

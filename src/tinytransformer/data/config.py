@@ -12,14 +12,6 @@ from tinytransformer.errors import UserError
 
 
 @dataclass
-class AugmentConfig:
-    """Noise on training inputs only (targets stay clean): conf/regularization/augmentation.yaml."""
-
-    mask_prob: float = field(default=0.0, metadata=in_range(0, 1))
-    substitute_prob: float = field(default=0.0, metadata=in_range(0, 1))
-
-
-@dataclass
 class DataConfig:
     """The `data` node: corpus -> tokenizer -> windows; conf/data/*.yaml set what differs."""
 
@@ -42,11 +34,6 @@ class DataConfig:
     max_eval_chars: int = field(default=50_000, metadata=at_least(1))
     # > 0: train on that many fixed batches only (debug=overfit).
     overfit_batches: int = field(default=0, metadata=at_least(0, "(0 = off)"))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.augment, Mapping):  # plain data: a resolved config, a checkpoint's hparams
-            self.augment = AugmentConfig(**self.augment)
 
     @staticmethod
     def check(values: Mapping[str, Any], key: str = "data") -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from tinytransformer.data.batches import Augment, RandomWindowBatches, StridedEvalBatches
+from tinytransformer.data.batches import RandomWindowBatches, StridedEvalBatches
 from tinytransformer.data.config import DataConfig
 from tinytransformer.data.corpora import (
     Corpus,
@@ -61,11 +61,14 @@ class TextDataModule(L.LightningDataModule):
 
     Training batches are random windows, a pure function of (seed, rank, batch index); val/test batches
     are strided windows that score every character once with at least block_size/2 of context.
+    `mask_token`: a new vocabulary reserves a mask token (for a regularizer that masks inputs).
     """
 
-    def __init__(self, cfg: DataConfig, seed: int, tokenizer_state: dict | None = None):
+    def __init__(
+        self, cfg: DataConfig, seed: int, tokenizer_state: dict | None = None, mask_token: bool = False
+    ):
         super().__init__()
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.mask_token = cfg, seed, mask_token
         self._tokenizer_state = tokenizer_state  # a checkpoint's tokenizer (evaluate, resume)
         self.tokenizer: Tokenizer | None = None
         self.corpus: Corpus | None = None
@@ -99,7 +102,7 @@ class TextDataModule(L.LightningDataModule):
         path = cfg.path if cfg.corpus == "text_file" else shakespeare_path(cfg.path, cfg.cache_dir)
         given = tokenizer_from_dict(self._tokenizer_state) if self._tokenizer_state else None
         tokens, self.tokenizer, sample = cached_char_tokens(
-            path, cfg.cache_dir, cfg.encoding, given, with_mask=self.augment.mask_prob > 0
+            path, cfg.cache_dir, cfg.encoding, given, with_mask=self.mask_token
         )
         name = "shakespeare" if cfg.corpus == "shakespeare" else Path(path).name
         # For files, `corpus.text` is the text's beginning: enough to score samples, never the whole file.
@@ -115,7 +118,7 @@ class TextDataModule(L.LightningDataModule):
             self.tokenizer = tokenizer_from_dict(self._tokenizer_state)
             self._check_vocabulary(text)
         else:
-            self.tokenizer = create_tokenizer(cfg.tokenizer, text, self.augment.mask_prob > 0)
+            self.tokenizer = create_tokenizer(cfg.tokenizer, text, self.mask_token)
         return self._encode(self.corpus.text)
 
     def _encode(self, text: str) -> np.ndarray:
@@ -129,10 +132,6 @@ class TextDataModule(L.LightningDataModule):
                 f"({''.join(unknown)[:20]!r}); evaluate a checkpoint on the data it was trained on"
             )
 
-    @property
-    def augment(self) -> Augment:
-        return Augment(self.cfg.augment.mask_prob, self.cfg.augment.substitute_prob)
-
     def tokens_per_step(self, trainer) -> int:
         """Tokens one optimizer step trains on, over all ranks."""
         per_batch = self.cfg.batch_size * self.cfg.block_size
@@ -140,14 +139,6 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> RandomWindowBatches:
         trainer = self.trainer
-        augment = self.augment
-        if augment.active:
-            augment = Augment(
-                augment.mask_prob,
-                augment.substitute_prob,
-                self.tokenizer.mask_id or 0,
-                self.tokenizer.vocab_size,
-            )
         # A resumed run starts at the batch after the last one it trained on: each step trains on
         # accumulate_grad_batches of them, and last.ckpt is only written between steps.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
@@ -156,7 +147,7 @@ class TextDataModule(L.LightningDataModule):
         tokens = self._device_tokens("train", device)
         cfg = self.cfg
         return RandomWindowBatches(
-            tokens, cfg.block_size, cfg.batch_size, self.seed, rank, start, augment, cfg.overfit_batches
+            tokens, cfg.block_size, cfg.batch_size, self.seed, rank, start, cfg.overfit_batches
         )
 
     def _device_tokens(self, split: str, device: Any):

@@ -14,7 +14,7 @@ import numpy as np
 from tinytransformer.errors import UserError
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
-MASK_CHAR = "\u2400"  # '␀': stands for a masked input character (data.augment.mask_prob)
+MASK_CHAR = "\u2400"  # '␀': stands for a masked input character (InputNoise)
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -43,7 +43,7 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str, with_mask: bool = False) -> CharTokenizer:
-        """Vocabulary of `text`; `with_mask` adds MASK_CHAR, the input-masking augmentation's token."""
+        """Vocabulary of `text`; `with_mask` adds MASK_CHAR, the token InputNoise masks inputs with."""
         return cls(sorted(set(text) | ({MASK_CHAR} if with_mask else set())))
 
     @property
@@ -155,7 +155,7 @@ def create_tokenizer(kind: str = "char", text: str | None = None, with_mask: boo
     """Build a tokenizer of `kind` ("char" | "simple") from `text`.
 
     Without text, "simple" uses the built-in corpus's vocabulary (as in the seed notebook) and "char"
-    uses printable ASCII. `with_mask` reserves a token for the input-masking augmentation.
+    uses printable ASCII. `with_mask` reserves a token for masked inputs (InputNoise).
     """
     if kind == "char":
         return CharTokenizer.from_text(text if text is not None else _PRINTABLE_ASCII, with_mask)

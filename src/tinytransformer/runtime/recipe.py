@@ -35,6 +35,7 @@ from tinytransformer.training.callbacks import LastCheckpoint
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT, LanguageModel
 from tinytransformer.training.optim import resume_schedule, scheduler_spec
+from tinytransformer.training.regularizers import needs_mask_token
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def setup_objects_frozen() -> Iterator[None]:
 
 def build_datamodule(cfg: DictConfig, tokenizer_state: dict | None = None) -> TextDataModule:
     data = DataConfig(**to_plain(cfg.data))
-    return TextDataModule(data, seed=cfg.seed, tokenizer_state=tokenizer_state)
+    mask_token = needs_mask_token(to_plain(cfg.regularizers) if cfg.get("regularizers") else {})
+    return TextDataModule(data, cfg.seed, tokenizer_state, mask_token)
 
 
 def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | None = None) -> LanguageModel:

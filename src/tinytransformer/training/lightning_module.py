@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tinytransformer.data.batches import IGNORE_INDEX, mix_seed
+from tinytransformer.data.tokenizers import tokenizer_from_dict
 from tinytransformer.model import build_model
 from tinytransformer.training.metrics import LanguageModelMetrics, ValHistory
 from tinytransformer.training.optim import build_optimizer, build_scheduler, fast_forward, scheduler_spec
@@ -19,7 +20,7 @@ from tinytransformer.training.regularizers import build_regularizers
 
 # What this module's checkpoints hold beyond Lightning's (val_history, train_steps_summed, the sum buffers):
 # a run resumes only from a checkpoint of this layout (training.recipe.train refuses another in one line).
-CHECKPOINT_LAYOUT = 2
+CHECKPOINT_LAYOUT = 3
 
 
 class NonFiniteLoss(Exception):
@@ -75,7 +76,9 @@ class LanguageModel(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.model = build_model(model)
-        self.regularizers = build_regularizers(regularizers or {}, self.model)
+        regularizers = regularizers or {}
+        vocabulary = tokenizer_from_dict(tokenizer) if regularizers else None  # for regularizers of ids
+        self.regularizers = build_regularizers(regularizers, self.model, vocabulary)
         # Each training batch seeds its own dropout and regularizers' draws.
         self._random_per_batch = model.get("dropout", 0.0) > 0 or len(self.regularizers) > 0
         if compile:

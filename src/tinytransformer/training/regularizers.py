@@ -1,16 +1,17 @@
 """Regularizers that need code: one class each, behind three hooks, plus one YAML in conf/regularization/.
 
 A regularizer changes training only. It may override any of:
-- `attach(model)`: once, before training; e.g. forward hooks on the model's layers (they see
+- `attach(model, tokenizer)`: once, before training; e.g. forward hooks on the model's layers (they see
   `module.training`, so they are off in evaluation and generation; hooks leave the state_dict alone, so a
-  checkpoint loads into the plain model);
+  checkpoint loads into the plain model), or the tokenizer's `vocab_size` and `mask_id`;
 - `inputs(x, y)`: the training batch's ids (B, T) and targets (B, T), before the forward pass;
 - `loss(logits, targets, loss)`: the training loss, given the logits (B, T, V) it came from.
 Validation, test, evaluate.py and generate.py never call `inputs` or `loss`. Randomness comes from torch's
 global generator, which the LightningModule seeds per training batch: exact resume keeps working.
 
-Regularizers that are only values (dropout, weight decay, gradient clipping, early stopping, input noise)
-need no class: their YAML in conf/regularization/ sets the value.
+A regularizer that sets `needs_mask_token` makes the data module reserve a mask token in the vocabulary.
+Regularizers that are only values (dropout, weight decay, gradient clipping, early stopping) need no class:
+their YAML in conf/regularization/ sets the value.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinytransformer.data.batches import IGNORE_INDEX
+from tinytransformer.data.tokenizers import Tokenizer
 from tinytransformer.errors import UserError
 from tinytransformer.specs import resolve
 
@@ -27,7 +29,9 @@ from tinytransformer.specs import resolve
 class Regularizer:
     """The interface: every hook does nothing unless overridden."""
 
-    def attach(self, model: nn.Module) -> None:
+    needs_mask_token = False  # True: the vocabulary reserves a token for `tokenizer.mask_id`
+
+    def attach(self, model: nn.Module, tokenizer: Tokenizer) -> None:
         pass
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +39,30 @@ class Regularizer:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         return loss
+
+
+class InputNoise(Regularizer):
+    """Noise on the training inputs, never on the targets: each input token becomes the mask token with
+    probability `mask_prob`, or a uniformly random token with probability `substitute_prob` (the input side
+    of BERT's masking, with the next-token loss unchanged)."""
+
+    def __init__(self, mask_prob: float = 0.1, substitute_prob: float = 0.05):
+        for name, value in (("mask_prob", mask_prob), ("substitute_prob", substitute_prob)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.mask_prob, self.substitute_prob = mask_prob, substitute_prob
+        self.needs_mask_token = mask_prob > 0
+
+    def attach(self, model: nn.Module, tokenizer: Tokenizer) -> None:
+        if self.needs_mask_token and tokenizer.mask_id is None:
+            raise ValueError("mask_prob > 0 needs a vocabulary with a mask token, and this one has none")
+        self.mask_id, self.vocab_size = tokenizer.mask_id, tokenizer.vocab_size
+
+    def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(x.shape, device=x.device)  # one draw per token decides its fate
+        random_ids = torch.randint(self.vocab_size, x.shape, device=x.device)
+        x = torch.where(u < self.substitute_prob, random_ids, x)
+        return torch.where(u >= 1 - self.mask_prob, self.mask_id, x), y
 
 
 class LabelSmoothing(Regularizer):
@@ -71,7 +99,7 @@ class StochasticDepth(Regularizer):
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob, self.branches = drop_prob, tuple(branches)
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, tokenizer: Tokenizer) -> None:
         if self.drop_prob == 0:
             return
         blocks = getattr(model, "blocks", None)
@@ -97,17 +125,24 @@ def _drop_branch(p: float):
     return hook
 
 
-def build_regularizers(specs: dict[str, dict], model: nn.Module | None) -> list[Regularizer]:
-    """The regularizers of `regularizers:` in the config (name -> spec), attached to `model` (None: only
-    built, to check them); a value or model they refuse is a UserError naming the key."""
+def build_regularizers(
+    specs: dict[str, dict], model: nn.Module | None = None, tokenizer: Tokenizer | None = None
+) -> list[Regularizer]:
+    """The regularizers of `regularizers:` in the config (name -> spec), attached to `model` and `tokenizer`
+    (None: only built, to check them); a value or model they refuse is a UserError naming the key."""
     built = []
     for name, spec in specs.items():
         cls, arguments = resolve(spec, f"regularizers.{name}")
         try:
             regularizer = cls(**arguments)
             if model is not None:
-                regularizer.attach(model)
+                regularizer.attach(model, tokenizer)
         except (ValueError, TypeError, AttributeError) as err:
             raise UserError(f"regularizers.{name}: {err}; fix its values in regularizers.{name}.*") from None
         built.append(regularizer)
     return built
+
+
+def needs_mask_token(specs: dict[str, dict]) -> bool:
+    """Whether a regularizer of `specs` puts the mask token into inputs (the vocabulary must then hold one)."""
+    return any(regularizer.needs_mask_token for regularizer in build_regularizers(specs))
