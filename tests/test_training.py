@@ -79,18 +79,21 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("accelerator", "cuda_bf16", "cpu_amx", "expected"),
+    ("accelerator", "cuda_bf16", "cpu_flags", "expected"),
     [
-        ("cpu", None, True, "bf16-mixed"),
-        ("cpu", None, False, "32-true"),
-        ("gpu", True, False, "bf16-mixed"),
-        ("gpu", False, True, "32-true"),  # a GPU without bf16 (V100, T4): fp32, whatever the CPU has
+        ("cpu", None, {"amx_tile"}, "bf16-mixed"),  # Intel Sapphire Rapids and later
+        ("cpu", None, {"avx512_bf16"}, "bf16-mixed"),  # AMD Zen 4 and later
+        ("cpu", None, {"avx512"}, "32-true"),  # bf16 would be emulated
+        ("cpu", None, set(), "32-true"),
+        ("gpu", True, set(), "bf16-mixed"),
+        ("gpu", False, {"amx_tile"}, "32-true"),  # a GPU without bf16 (V100, T4): fp32, whatever the CPU has
     ],
 )
 def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(
-    monkeypatch, accelerator, cuda_bf16, cpu_amx, expected
+    monkeypatch, accelerator, cuda_bf16, cpu_flags, expected
 ):
-    monkeypatch.setattr(precision, "_cpu_has_amx", lambda: cpu_amx)
+    for flag in ("amx_tile", "avx512_bf16", "avx512"):
+        monkeypatch.setattr(torch.cpu, f"_is_{flag}_supported", lambda flag=flag: flag in cpu_flags)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bool(cuda_bf16))
     assert precision.auto_precision(accelerator) == expected

@@ -13,19 +13,20 @@ def on_gpu(accelerator: str) -> bool:
 def auto_precision(accelerator: str) -> str:
     """`trainer.precision=auto`: bf16-mixed where the hardware multiplies bf16 natively, else 32-true.
 
-    That is CUDA GPUs with bf16 (Ampere and later) and CPUs with AMX (Intel Xeon since Sapphire Rapids).
-    On nanoGPT's CPU config (2 vCPUs with AMX, torch 2.13) bf16-mixed trains 1.3-1.4x the tokens/s of fp32
-    and reaches the same val loss at step 2000 (1.8564, fp32 1.8563); CPUs without AMX would emulate bf16,
-    slower.
+    That is CUDA GPUs with bf16 (Ampere and later), and CPUs with AMX (Intel Xeon since Sapphire Rapids) or
+    AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake). A static rule on the CPU's flags, never a timing
+    at start-up, which a machine's drift would make random. Validation and test are scored in fp32 either
+    way (LanguageModel.full_precision). The figures behind the rule: docs/performance.md.
     """
     if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if _cpu_has_amx() else "32-true"
+    return "bf16-mixed" if _cpu_computes_bf16() else "32-true"
 
 
-def _cpu_has_amx() -> bool:
-    is_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPU feature check
-    return bool(is_supported and is_supported())
+def _cpu_computes_bf16() -> bool:
+    """AMX tiles or AVX512-BF16, by torch's own CPU feature checks (without them bf16 is emulated, slower)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(cfg: DictConfig) -> None:
