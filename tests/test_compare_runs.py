@@ -118,9 +118,9 @@ def test_seed_and_path_overrides_are_not_part_of_a_setting():
     assert (setting, seed) == (("model.dropout=0.1",), "3")
     assert short_label(setting) == "dropout=0.1"
     assert short_label(()) == "baseline"
-    assert short_label(("regularizers.input_noise.p=0.5", "callbacks.early_stopping.patience=3", "+experiment=reg")) == (
-        "input_noise.p=0.5, patience=3, +experiment=reg"
-    )
+    assert short_label(
+        ("regularizers.input_noise.p=0.5", "callbacks.early_stopping.patience=3", "+experiment=reg")
+    ) == ("input_noise.p=0.5, patience=3, +experiment=reg")
 
 
 def test_failed_and_unfinished_runs_are_listed_under_the_table_not_in_it(sweep):
@@ -147,6 +147,64 @@ def test_report_and_curves_are_written_into_the_given_dir(sweep):
     text = compare(sweep)
     assert (sweep / "comparison.md").read_text() == text + "\n"
     assert (sweep / "val_curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_each_setting_is_a_tensorboard_run_of_its_mean_curve_and_its_spread_over_seeds(sweep):
+    compare(sweep)
+    compare(sweep)  # again: the setting runs are replaced, not appended to
+    setting = sweep / "settings" / "dropout=0"
+    assert read_scalars(setting, "val/bpc") == [(100, pytest.approx(2.1)), (200, pytest.approx(1.9))]
+    assert read_scalars(setting, "spread/val/bpc_min") == [(100, 2.0), (200, pytest.approx(1.8))]
+    assert read_scalars(setting, "spread/val/bpc_max") == [(100, pytest.approx(2.2)), (200, 2.0)]
+    assert len(list(setting.glob("events.out.tfevents.*"))) == 1
+    assert read_scalars(sweep / "settings" / "dropout=0.1", "val/bpc") == [(100, pytest.approx(1.9))]
+    assert not any(run.dir.is_relative_to(sweep / "settings") for run in find_runs(sweep))
+
+
+def test_the_settings_csv_mirrors_the_json(regularization_like_sweep):
+    compare(regularization_like_sweep)
+    summary = json.loads((regularization_like_sweep / "comparison.json").read_text())
+    with (regularization_like_sweep / "comparison_settings.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["setting"] for row in rows] == [s["setting"] for s in summary["settings"]]
+    for row, setting in zip(rows, summary["settings"], strict=True):
+        assert float(row["best_val_loss_mean"]) == pytest.approx(setting["best_val_loss"]["mean"])
+        versus = setting["vs_baseline"] or {}
+        assert row["vs_baseline_verdict"] == (versus.get("verdict") or "")
+        if versus.get("ci"):
+            assert float(row["vs_baseline_ci_low"]) == pytest.approx(versus["ci"][0])
+
+
+@pytest.fixture
+def regularization_like_sweep(tmp_path) -> Path:
+    for num, (overrides, best) in enumerate(
+        [(["regularization=none", f"seed={s}"], 1.3 + s / 10) for s in (1, 2, 3)]
+        + [(["regularization=dropout", f"seed={s}"], 1.0 + s / 9) for s in (1, 2, 3)]
+    ):
+        make_job(tmp_path, num, overrides, metrics=results(best, test_loss=best + 0.1))
+    return tmp_path
+
+
+def test_the_metric_key_compares_the_test_loss_at_the_best_checkpoint(regularization_like_sweep, capsys):
+    text = compare(regularization_like_sweep, metric="test_loss")
+    assert "Δ test loss at the best checkpoint vs baseline [CI]" in text
+    assert "verdict on Δ test loss at the best checkpoint (setting - baseline)" in text
+    for key, line in [
+        (
+            "metric=val_loss",
+            "error: metric=val_loss: not a metric compare_runs tests; use one of best_val_loss, test_loss",
+        ),
+        ("delta=-1", "error: delta=-1: the equivalence margin must be a number of nats > 0;"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            compare_main([str(regularization_like_sweep), key])
+        assert exited.value.code == 2 and capsys.readouterr().err.startswith(line)
+
+
+def test_the_delta_key_sets_the_equivalence_margin(regularization_like_sweep):
+    # Δ per seed: -0.189, -0.178, -0.167: a 95 % CI of about [-0.205, -0.150].
+    assert table_rows(compare(regularization_like_sweep))[0][-1] == "better"
+    assert "±δ = 0.5 nats" in compare(regularization_like_sweep, delta=0.5)
 
 
 def test_runs_are_found_at_any_depth_and_in_a_single_run_dir(sweep, tmp_path):
@@ -243,7 +301,13 @@ def test_the_command_line_takes_the_baseline_key_and_names_every_file_it_wrote(s
     compare_main([str(sweep), "baseline=model.dropout=0"])
     out = capsys.readouterr().out
     assert "baseline: dropout=0 (" in out
-    for name in ("comparison.md", "comparison.csv", "comparison.json", "val_curves.png"):
+    for name in (
+        "comparison.md",
+        "comparison.csv",
+        "comparison_settings.csv",
+        "comparison.json",
+        "val_curves.png",
+    ):
         assert f"wrote {sweep / name}\n" in out
         assert (sweep / name).is_file()
 

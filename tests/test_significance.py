@@ -34,7 +34,8 @@ def test_paired_test_is_the_t_interval_of_the_per_seed_differences():
     assert compared.ci == pytest.approx((-0.448414, 0.048414), abs=1e-6)  # t(0.975, 2) = 4.3027
     assert compared.p == pytest.approx(2 * stats.t.sf(0.2 / se, df=2))
     assert compared.p == pytest.approx(0.074180, abs=1e-6)
-    assert compared.verdict == "no difference"
+    # Undecided: a 4th seed would give a CI of half-width t(0.975, 3) * 0.1 / 2 = 0.159 < |Δ|, excluding 0.
+    assert (compared.verdict, compared.alpha, compared.seeds_needed) == ("undecided", 0.05, 4)
 
 
 def test_welch_test_uses_the_welch_satterthwaite_degrees_of_freedom():
@@ -50,7 +51,7 @@ def test_welch_test_uses_the_welch_satterthwaite_degrees_of_freedom():
     assert compared.diff == pytest.approx(-0.15)
     assert compared.ci == pytest.approx((diff - half, diff + half))
     assert compared.p == pytest.approx(2 * stats.t.sf(abs(diff) / math.sqrt(a + b), df))
-    assert compared.verdict == "no difference"
+    assert compared.verdict == "undecided"
 
 
 def test_runs_pair_only_when_every_seed_of_the_setting_has_a_baseline_run_of_that_seed():
@@ -71,10 +72,11 @@ def test_a_clearly_lower_loss_is_better_and_a_clearly_higher_one_worse():
     assert better.verdict == "better" and better.ci[1] < 0 and better.p < 0.05
     worse = against_baseline(BASELINE, lower)
     assert worse.verdict == "worse" and worse.ci[0] > 0 and worse.p == pytest.approx(better.p)
-    assert [verdict(ci) for ci in ((-0.3, -0.1), (0.1, 0.3), (-0.1, 0.1))] == [
+    assert [verdict(ci, 0.01) for ci in ((-0.3, -0.1), (0.1, 0.3), (-0.1, 0.1), (-0.005, 0.009))] == [
         "better",
         "worse",
-        "no difference",
+        "undecided",
+        "equivalent",
     ]
 
 
@@ -88,25 +90,27 @@ def test_under_two_runs_a_side_there_is_no_test_only_the_difference():
         "n/a: 1 run",
     )
     assert against_baseline(SETTING, [("1", 1.3)]).verdict == "n/a: 1 baseline run"
-    assert comparison_cells(one) == ["-0.3000", "n/a", "n/a", "n/a: 1 run"]
+    assert comparison_cells(one, 10) == ["-0.3000", "n/a", "n/a", "n/a: 1 run"]
 
 
-def test_runs_without_spread_are_no_difference_when_equal_and_a_difference_when_shifted():
+def test_runs_without_spread_are_equivalent_when_equal_and_a_difference_when_shifted():
     same = against_baseline(BASELINE, BASELINE)
-    assert (same.diff, same.ci, same.p, same.verdict) == (0, (0, 0), 1.0, "no difference")
+    assert (same.diff, same.ci, same.p, same.verdict) == (0, (0, 0), 1.0, "equivalent")
     base = [("1", 1.25), ("2", 1.5), ("3", 1.375)]  # exact in binary: every difference is exactly -0.125
     shifted = against_baseline([(s, v - 0.125) for s, v in base], base)
     assert (shifted.ci, shifted.p, shifted.verdict) == ((-0.125, -0.125), 0.0, "better")
 
 
 def test_table_cells_show_the_difference_with_its_ci_the_p_value_the_test_and_the_verdict():
-    assert comparison_cells(against_baseline(SETTING, BASELINE)) == [
+    assert comparison_cells(against_baseline(SETTING, BASELINE), 10) == [
         "-0.2000 [-0.4484, +0.0484]",
         "0.074",
         "paired",
-        "no difference",
+        "undecided: ~4 seeds",
     ]
-    assert comparison_cells(None) == ["baseline", "", "", "baseline"]
+    hopeless = against_baseline([("1", 1.4), ("2", 1.2), ("3", 1.3)], BASELINE)  # Δ 0, spread 0.17
+    assert comparison_cells(hopeless, 10)[-1] == "undecided: > 10 seeds"
+    assert comparison_cells(None, 10) == ["baseline", "", "", "baseline"]
 
 
 # best val loss per seed; none is the baseline though it is not the best row.
@@ -153,18 +157,19 @@ def test_each_setting_is_tested_against_the_setting_named_none_by_default(regula
     assert rows["none"] == ["baseline", "", "", "baseline"]
     assert rows["dropout"][0].startswith("-0.2833 [") and rows["dropout"][2:] == ["paired", "better"]
     assert rows["gradient_clipping"][0].startswith("+0.0100 [")
-    assert rows["gradient_clipping"][2:] == ["paired", "no difference"]
+    assert rows["gradient_clipping"][2] == "paired" and rows["gradient_clipping"][3].startswith("undecided")
     assert rows["label_smoothing"][2:] == ["Welch", "worse"]
     assert rows["weight_decay"] == ["-0.0500", "n/a", "n/a", "n/a: 1 run"]
+    assert "baseline: regularization=none (choose another with baseline=<setting>)\n" in text
     assert (
-        "baseline: regularization=none (choose another with baseline=<setting>); verdict at p < 0.05" in text
+        "by a 95 % CI: better or worse where it excludes 0, equivalent where it lies within ±δ = 0.01" in text
     )
 
 
 def test_without_a_none_setting_the_first_row_is_the_baseline(dropout_sweep):
     rows = table_rows(compare(dropout_sweep))
     assert rows[0][0] == "dropout=0.1" and rows[0][8:] == ["baseline", "", "", "baseline"]
-    assert [row[-1] for row in rows[1:]] == ["n/a: 1 run", "no difference"]
+    assert [row[-1] for row in rows[1:]] == ["n/a: 1 run", "undecided: ~3 seeds"]
 
 
 def test_the_baseline_key_names_a_setting_by_its_label_or_its_overrides(dropout_sweep):
@@ -193,11 +198,12 @@ def test_a_baseline_no_setting_has_is_one_line_listing_the_settings(dropout_swee
 def test_the_json_names_the_baseline_and_holds_each_settings_test_and_every_run(regularization_sweep):
     compare(regularization_sweep)
     summary = json.loads((regularization_sweep / "comparison.json").read_text())
-    assert (summary["baseline"], summary["alpha"], summary["ranked_by"]) == (
+    assert (summary["baseline"], summary["metric"], summary["ranked_by"]) == (
         "regularization=none",
-        0.05,
+        "best_val_loss",
         None,
     )
+    assert summary["rule"] == {"alpha": 0.05, "delta": 0.01, "max_seeds": 10}
     settings = {s["setting"]: s for s in summary["settings"]}
     assert settings["regularization=none"]["vs_baseline"] is None
     dropout = settings["regularization=dropout"]
@@ -208,9 +214,9 @@ def test_the_json_names_the_baseline_and_holds_each_settings_test_and_every_run(
     )
     assert dropout["best_val_loss"]["mean"] == pytest.approx(1.0167, abs=1e-4)
     assert dropout["vs_baseline"]["test"] == "paired" and dropout["vs_baseline"]["verdict"] == "better"
-    low, high = dropout["vs_baseline"]["ci95"]
+    low, high = dropout["vs_baseline"]["ci"]
     assert low < dropout["vs_baseline"]["diff"] < high < 0
-    assert settings["regularization=weight_decay"]["vs_baseline"]["ci95"] is None
+    assert settings["regularization=weight_decay"]["vs_baseline"]["ci"] is None
     assert len(summary["runs"]) == 14 and summary["runs"][-1]["status"] == "failed"
 
 

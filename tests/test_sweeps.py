@@ -176,12 +176,16 @@ REGULARIZATION = [
 
 def test_the_regularization_experiment_compares_baseline_each_technique_and_all_together(tmp_path):
     tiny = ["model=tiny", "trainer.max_steps=6", "trainer.val_check_interval=2", "data.max_eval_chars=300"]
-    args = ["experiment=regularization", *tiny, "seed=1", "test=false", f"paths.log_dir={tmp_path}"]
+    one_round = ["hydra.sweeper.start_seeds=2", "hydra.sweeper.max_seeds=2"]  # a seed sweep of 2 seeds
+    args = ["experiment=regularization", *tiny, *one_round, "test=false", f"paths.log_dir={tmp_path}"]
     result = run_cli("train.py", *args)  # no -m: the experiment is a sweep
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = list((tmp_path / "train" / "multiruns").glob("*/*"))
-    names = sorted((p.name for p in sweep_dir.iterdir() if p.is_dir()), key=lambda n: int(n.split("_")[0]))
-    assert names == [f"{i}_{name},seed=1" for i, name in enumerate(REGULARIZATION)]  # a group: its option
+    jobs = [p.name.split("_", 1) for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert sorted(int(num) for num, _ in jobs) == list(range(2 * len(REGULARIZATION)))
+    # A group is named by its option; the baseline runs last in each round, to pair every seed.
+    assert sorted(name for _, name in jobs) == sorted(f"{n},seed={s}" for n in REGULARIZATION for s in (1, 2))
+    assert dict(jobs)[str(2 * len(REGULARIZATION) - 1)] == "none,seed=2"
     assert set(REGULARIZATION) == {p.stem for p in (CONFIG_DIR / "regularization").glob("*.yaml")}
     table = compare(sweep_dir)
     assert {f"regularization={name}" for name in REGULARIZATION} == {row[0] for row in table_rows(table)}

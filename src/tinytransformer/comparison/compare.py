@@ -5,23 +5,29 @@ from __future__ import annotations
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tinytransformer.comparison.curves import plot_curves
-from tinytransformer.comparison.files import run_row, runs_csv, summary
+import yaml
+
+from tinytransformer.comparison.curves import SETTINGS_DIR, plot_curves, write_setting_runs
+from tinytransformer.comparison.files import run_row, runs_csv, settings_csv, summary
 from tinytransformer.comparison.records import RunRecord, find_runs
-from tinytransformer.comparison.significance import ALPHA, Comparison, against_baseline, comparison_cells
+from tinytransformer.comparison.significance import Comparison, Rule, against_baseline, comparison_cells
 from tinytransformer.errors import UserError, WriteFailed, exit_on_user_error, os_error_line
 from tinytransformer.files import write_atomic, write_json_atomic
 
 REPORT, TABLE, SUMMARY, CURVES = "comparison.md", "comparison.csv", "comparison.json", "val_curves.png"
+SETTINGS_TABLE = "comparison_settings.csv"
+METRICS = {"best_val_loss": "best val loss", "test_loss": "test loss at the best checkpoint"}
+SEED_SWEEPER = "SeedSweeper"  # hydra.sweeper._target_ of a seed sweep ends with it
 STUDY = "optimization_results.yaml"  # hydra's Optuna sweeper writes it into the sweep dir when the study ends
 _SHORT_PREFIXES = ("model.", "optimizer.", "trainer.", "regularizers.", "callbacks.early_stopping.")
 _USAGE = "pass a sweep dir (logs/train/multiruns/<date>/<time>), a run dir, or logs/"
+_KEYS = ("baseline", "metric", "delta")
 _COLUMNS = (
     *("setting", "runs", "best val loss", "best val bits/char", "final train loss", "generalization gap"),
-    *("best step", "stop reason(s)", "Δ best val loss vs baseline [95 % CI]", "p", "test", "verdict"),
+    *("best step", "stop reason(s)", "Δ {metric} vs baseline [CI]", "p", "test", "verdict"),
 )
 _TEXT_COLUMNS = {"setting", "stop reason(s)", "test", "verdict"}  # left-aligned; numbers align right
 
@@ -40,8 +46,9 @@ class SettingGroup:
     def values(self, key: str) -> list[float]:
         return [float(r.metrics[key]) for r in self.runs if r.metrics.get(key) is not None]
 
-    def seeds_and_losses(self) -> list[tuple[str | None, float]]:
-        return [(r.seed, float(r.metrics["best_val_loss"])) for r in self.runs]
+    def sample(self, metric: str) -> list[tuple[str | None, float]]:
+        """(seed, metric) of each run that has the metric."""
+        return [(r.seed, float(r.metrics[metric])) for r in self.runs if r.metrics.get(metric) is not None]
 
 
 def short_label(setting: tuple[str, ...]) -> str:
@@ -75,15 +82,19 @@ def setting_labels(runs: list[RunRecord]) -> dict[tuple[str, ...], str]:
     return labels
 
 
-def group_by_setting(runs: list[RunRecord]) -> list[SettingGroup]:
-    """Finished runs grouped by setting, best (lowest mean best val loss) first."""
+def group_by_setting(runs: list[RunRecord], metric: str = "best_val_loss") -> list[SettingGroup]:
+    """Finished runs grouped by setting, best (lowest mean metric; best val loss for a tie) first."""
     by_setting: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
         if run.finished:
             by_setting.setdefault(run.setting, []).append(run)
     labels = setting_labels(runs)
     groups = [SettingGroup(labels[s], group_runs) for s, group_runs in by_setting.items()]
-    return sorted(groups, key=lambda g: (statistics.mean(g.values("best_val_loss")), g.label))
+
+    def mean(g: SettingGroup, key: str) -> float:
+        return statistics.mean(g.values(key)) if g.values(key) else float("inf")
+
+    return sorted(groups, key=lambda g: (mean(g, metric), mean(g, "best_val_loss"), g.label))
 
 
 def mean_std(values: list[float], decimals: int = 4) -> str:
@@ -116,11 +127,37 @@ def choose_baseline(groups: list[SettingGroup], name: str | None) -> SettingGrou
 
 
 def versus_baseline(
-    groups: list[SettingGroup], baseline: SettingGroup | None
+    groups: list[SettingGroup], baseline: SettingGroup | None, metric: str, rule: Rule
 ) -> dict[str, Comparison | None]:
-    """Each setting's best val loss against the baseline's, by label; the baseline's own is None."""
-    base = baseline.seeds_and_losses() if baseline is not None else []
-    return {g.label: None if g is baseline else against_baseline(g.seeds_and_losses(), base) for g in groups}
+    """Each setting's metric against the baseline's, by label; the baseline's own is None. A setting (or a
+    baseline) without the metric in 2 runs gets `n/a`."""
+    base = baseline.sample(metric) if baseline is not None else []
+    versus: dict[str, Comparison | None] = {}
+    for g in groups:
+        sample = g.sample(metric)
+        if g is baseline:
+            versus[g.label] = None
+        elif not sample or not base:
+            missing = "its runs have" if not sample else "the baseline's runs have"
+            versus[g.label] = Comparison(float("nan"), None, None, None, f"n/a: none of {missing} {metric}")
+        else:
+            versus[g.label] = against_baseline(sample, base, rule)
+    return versus
+
+
+def sweep_rule(root: Path) -> tuple[Rule, dict[str, str]]:
+    """The verdict rule of the sweep at `root`, and the sweep's own compare keys (baseline, metric): a seed
+    sweep's from its multirun.yaml (hydra.sweeper), so that compare_runs judges as the sweep did; the
+    default rule elsewhere."""
+    try:
+        sweeper = (yaml.safe_load((root / "multirun.yaml").read_text()) or {})["hydra"]["sweeper"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return Rule(), {}
+    if not str(sweeper.get("_target_", "")).endswith(SEED_SWEEPER):
+        return Rule(), {}
+    fields = ("alpha", "delta", "max_seeds", "start_seeds", "add_seeds")
+    rule = Rule(**{key: sweeper[key] for key in fields if sweeper.get(key) is not None})
+    return rule, {key: str(sweeper[key]) for key in ("baseline", "metric") if sweeper.get(key) is not None}
 
 
 def rank_note(root: Path) -> str | None:
@@ -131,9 +168,12 @@ def rank_note(root: Path) -> str | None:
     return None
 
 
-def markdown_table(groups: list[SettingGroup], versus: dict[str, Comparison | None], ranked: bool) -> str:
+def markdown_table(
+    groups: list[SettingGroup], versus: dict[str, Comparison | None], ranked: bool, metric: str, rule: Rule
+) -> str:
     """One row per setting, in the order given, with its rank first where `ranked`."""
-    columns = ("rank", *_COLUMNS) if ranked else _COLUMNS
+    columns = tuple(c.format(metric=METRICS[metric]) for c in _COLUMNS)
+    columns = ("rank", *columns) if ranked else columns
     aligns = ["---" if c in _TEXT_COLUMNS else "--:" for c in columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(aligns) + "|"]
     for rank, g in enumerate(groups, start=1):
@@ -147,7 +187,7 @@ def markdown_table(groups: list[SettingGroup], versus: dict[str, Comparison | No
             mean_std(_gaps(g)),
             mean_std(g.values("best_step"), decimals=0),
             ", ".join(reasons),
-            *comparison_cells(versus[g.label]),
+            *comparison_cells(versus[g.label], rule.max_seeds),
         ]
         lines.append("| " + " | ".join([str(rank)] * ranked + row) + " |")
     return "\n".join(lines)
@@ -159,20 +199,38 @@ def entropy_floor(groups: list[SettingGroup]) -> float | None:
     return floors[0] if floors else None
 
 
+def rule_lines(rule: Rule, metric: str) -> list[str]:
+    """What the verdicts mean, under the table."""
+    if rule.start_seeds is None:
+        level = f"a {(1 - rule.alpha) * 100:g} % CI"
+    else:
+        looks = ", ".join(map(str, rule.schedule()))
+        level = f"a 1 - {rule.alpha}/2^k CI at the seed sweep's k-th look (at {looks} seeds)"
+    return [
+        f"verdict on Δ {METRICS[metric]} (setting - baseline) by {level}: better or worse where it excludes 0, "
+        f"equivalent where it lies within ±δ = {rule.delta} nats (δ: delta=<nats>), undecided otherwise, "
+        f"with the seeds per setting that would decide it at the observed spread (budget {rule.max_seeds})"
+    ]
+
+
 def report(
     runs: list[RunRecord],
     groups: list[SettingGroup],
     shared: tuple[str, ...],
     versus: dict[str, Comparison | None],
     ranked_by: str | None,
+    metric: str,
+    rule: Rule,
 ) -> str:
     """The table, its baseline, what all runs share, the entropy floor, a line per run not in the table."""
-    lines = [markdown_table(groups, versus, bool(ranked_by)) if groups else "no finished runs to compare"]
+    table = markdown_table(groups, versus, bool(ranked_by), metric, rule)
+    lines = [table if groups else "no finished runs to compare"]
     baseline = next((label for label, c in versus.items() if c is None), None)
     if baseline is not None:
         lines += [
             "",
-            f"baseline: {baseline} (choose another with baseline=<setting>); verdict at p < {ALPHA}",
+            f"baseline: {baseline} (choose another with baseline=<setting>)",
+            *rule_lines(rule, metric),
         ]
     if ranked_by:
         lines.append(ranked_by)
@@ -187,10 +245,15 @@ def report(
     return "\n".join(lines)
 
 
-def compare(root: str | Path, baseline: str | None = None) -> str:
-    """Compare the runs at or below `root`: returns the report; writes comparison.md, .csv, .json, the curves.
+def compare(
+    root: str | Path, baseline: str | None = None, metric: str | None = None, delta: float | None = None
+) -> str:
+    """Compare the runs at or below `root`: returns the report; writes comparison.md, the csvs, .json, the
+    curves.
 
-    `baseline` names the setting the others are tested against; None takes choose_baseline's default.
+    `baseline` names the setting the others are tested against; None takes a seed sweep's own, else
+    choose_baseline's default. `metric` (a key of METRICS) is what is compared: a seed sweep's own, else the
+    best val loss. `delta` replaces the rule's equivalence margin (verdicts.DELTA, or the seed sweep's).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -198,20 +261,29 @@ def compare(root: str | Path, baseline: str | None = None) -> str:
     runs = find_runs(root)
     if not runs:
         raise UserError(f"{root}: no run dirs found (none holds .hydra/config.yaml); {_USAGE}")
+    rule, own = sweep_rule(root)
+    metric = metric or own.get("metric", "best_val_loss")
+    if metric not in METRICS:
+        raise UserError(f"metric={metric}: not a metric compare_runs tests; use one of {', '.join(METRICS)}")
+    if delta is not None:
+        rule = replace(rule, delta=delta)
     shared = drop_shared_overrides(runs)
-    groups = group_by_setting(runs)
-    versus = versus_baseline(groups, choose_baseline(groups, baseline))
+    groups = group_by_setting(runs, metric)
+    versus = versus_baseline(groups, choose_baseline(groups, baseline or own.get("baseline")), metric, rule)
     ranked_by = rank_note(root)
-    text = report(runs, groups, shared, versus, ranked_by)
+    text = report(runs, groups, shared, versus, ranked_by, metric, rule)
     labels = setting_labels(runs)
     rows = [run_row(run, labels[run.setting]) for run in runs]
     try:
         write_atomic(root / REPORT, (text + "\n").encode())
         write_atomic(root / TABLE, runs_csv(rows))
-        write_json_atomic(root / SUMMARY, summary(groups, versus, bool(ranked_by), shared, rows))
+        settings = summary(groups, versus, bool(ranked_by), shared, rows, metric, rule)
+        write_json_atomic(root / SUMMARY, settings)
+        write_atomic(root / SETTINGS_TABLE, settings_csv(settings["settings"]))
         plot_curves(groups, root / CURVES, entropy_floor(groups))
+        write_setting_runs(groups, root)
     except OSError as err:
-        written = f"{REPORT}, {TABLE}, {SUMMARY} and {CURVES}"
+        written = f"{REPORT}, {TABLE}, {SETTINGS_TABLE}, {SUMMARY}, {CURVES} and {SETTINGS_DIR}/"
         fix = f"{written} go into the dir compared: make it writable, or compare a copy of it"
         raise WriteFailed(os_error_line(err, fix=fix)) from None
     return text
@@ -219,18 +291,37 @@ def compare(root: str | Path, baseline: str | None = None) -> str:
 
 @exit_on_user_error
 def compare_main(argv: list[str] | None = None) -> None:
-    """`python scripts/compare_runs.py <dir> [baseline=<setting>]`: print the comparison and what it wrote."""
+    """`python scripts/compare_runs.py <dir> [baseline=<setting>] [metric=<name>] [delta=<nats>]`: print the
+    comparison and what it wrote."""
     args = sys.argv[1:] if argv is None else argv
-    usage = f"usage: python scripts/compare_runs.py <dir> [baseline=<setting>]; {_USAGE}"
+    usage = (
+        "usage: python scripts/compare_runs.py <dir> [baseline=<setting>] [metric=best_val_loss|test_loss] "
+        f"[delta=<nats>]; {_USAGE}"
+    )
     if args in (["-h"], ["--help"]):
         print(usage)
         return
-    keys = [a for a in args if a.startswith("baseline=")]
-    dirs = [a for a in args if not a.startswith("baseline=")]
+    keys = [a for a in args if a.partition("=")[0] in _KEYS]
+    dirs = [a for a in args if a not in keys]
     if len(dirs) != 1:
         raise UserError(f"expected one directory, got {len(dirs)} arguments; {usage}")
-    if len(keys) > 1:
-        raise UserError(f"baseline given {len(keys)} times ({', '.join(keys)}): pass it once; {usage}")
+    given = {key: [a.partition("=")[2] for a in keys if a.startswith(f"{key}=")] for key in _KEYS}
+    for key, values in given.items():
+        if len(values) > 1:
+            raise UserError(f"{key} given {len(values)} times ({', '.join(values)}): pass it once; {usage}")
+    values = {key: found[0] for key, found in given.items() if found}
+    delta = values.get("delta")
+    if delta is not None:
+        try:
+            delta = float(delta)
+        except ValueError:
+            delta = -1.0
+        if not 0 < delta < float("inf"):
+            raise UserError(
+                f"delta={values['delta']}: the equivalence margin must be a number of nats > 0; {usage}"
+            )
     root = Path(dirs[0]).expanduser()
-    print(compare(root, keys[0].partition("=")[2] if keys else None))
-    print("", *(f"wrote {root / name}" for name in (REPORT, TABLE, SUMMARY, CURVES)), sep="\n")
+    print(compare(root, values.get("baseline"), values.get("metric"), delta))
+    written = (REPORT, TABLE, SETTINGS_TABLE, SUMMARY, CURVES)
+    print("", *(f"wrote {root / name}" for name in written), sep="\n")
+    print(f"wrote {root / SETTINGS_DIR}/: each setting's mean curves; tensorboard --logdir {root}")

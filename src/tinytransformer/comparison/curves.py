@@ -1,8 +1,11 @@
-"""Val curves: a run's TensorBoard scalars (resumed runs' event files merged), and one plot of all settings."""
+"""Val curves: a run's TensorBoard scalars (resumed runs' event files merged), one plot of all settings, and
+each setting's mean curve and spread over its seeds as a TensorBoard run of its own."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,16 +17,20 @@ if TYPE_CHECKING:
     from tinytransformer.comparison.compare import SettingGroup
 
 CURVE_TAG = "val/bpc"
+SETTINGS_DIR = "settings"  # under the sweep dir: a TensorBoard run per setting
+SETTING_TAGS = ("val/loss", "val/bpc", "train/loss_avg")
 
 
 def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of a TensorBoard scalar over all the run's event files; a repeated step keeps the last."""
+    """(step, value) of a TensorBoard scalar over all the run's event files (in its tensorboard/, or in
+    `run_dir` itself for a setting's run); a repeated step keeps the last."""
     # Imported here: finding runs and printing the table (and every error) need no TensorBoard.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[int, float] = {}
     # Event file names start with their creation time, so a resumed run's newer file is read last.
-    for file in sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"), key=lambda p: p.name):
+    events_dir = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
+    for file in sorted(events_dir.rglob("events.out.tfevents.*"), key=lambda p: p.name):
         events = EventAccumulator(str(file), size_guidance={"scalars": 0})
         events.Reload()
         if tag in events.Tags()["scalars"]:
@@ -69,3 +76,33 @@ def plot_curves(groups: list[SettingGroup], path: Path, floor: float | None) -> 
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
     write_atomic(path, png.getvalue())
+
+
+def write_setting_runs(groups: list[SettingGroup], root: Path) -> None:
+    """`<root>/settings/<setting>/`: a TensorBoard run per setting, whose SETTING_TAGS are the mean over its
+    seeds at each step every seed logged (so the Scalars tab draws it beside the jobs' own curves), with
+    `spread/<tag>_min` and `_max`; the Custom Scalars tab draws each tag's mean with its min-max band. The
+    whole dir is replaced, so comparing again leaves no stale curves."""
+    # Imported here: the table (and every error) needs no torch.
+    from torch.utils.tensorboard import SummaryWriter
+
+    final, staging = root / SETTINGS_DIR, root / f".{SETTINGS_DIR}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    spread = {tag: (f"spread/{tag}_min", f"spread/{tag}_max") for tag in SETTING_TAGS}
+    for g in groups:
+        with SummaryWriter(str(staging / g.label.replace("/", "_"))) as writer:
+            if g is groups[0]:  # one layout serves every run
+                charts = {
+                    f"{tag}: mean, min-max over seeds": ["Margin", [tag, *spread[tag]]]
+                    for tag in SETTING_TAGS
+                }
+                writer.add_custom_scalars({"settings": charts})
+            for tag in SETTING_TAGS:
+                curve = setting_curve(g, tag)
+                for step, mean, low, high in zip(*(curve or ()), strict=True):
+                    writer.add_scalar(tag, mean, int(step))
+                    writer.add_scalar(spread[tag][0], low, int(step))
+                    writer.add_scalar(spread[tag][1], high, int(step))
+    shutil.rmtree(final, ignore_errors=True)
+    if staging.exists():
+        staging.rename(final)

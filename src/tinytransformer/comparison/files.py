@@ -8,7 +8,7 @@ import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from tinytransformer.comparison.significance import ALPHA, Comparison, as_json
+from tinytransformer.comparison.significance import Comparison, Rule, as_json
 
 if TYPE_CHECKING:
     from tinytransformer.comparison.compare import RunRecord, SettingGroup
@@ -23,9 +23,11 @@ METRIC_FIELDS = (
     "final_val_step",
     "stop_reason",
     "entropy_floor_bpc",
+    "test_loss",
 )
 RUN_FIELDS = ("run", "setting", "seed", "status", *METRIC_FIELDS, "failure")
-_SUMMARIZED = ("best_val_loss", "best_val_bpc", "final_train_loss", "best_step")
+_SUMMARIZED = ("best_val_loss", "best_val_bpc", "final_train_loss", "best_step", "test_loss")
+_VERSUS = ("diff", "ci", "alpha", "p", "test", "verdict", "seeds_needed")
 
 
 def run_row(run: RunRecord, label: str) -> dict[str, Any]:
@@ -60,8 +62,10 @@ def summary(
     ranked: bool,
     shared: tuple[str, ...],
     rows: list[dict[str, Any]],
+    metric: str,
+    rule: Rule,
 ) -> dict[str, Any]:
-    """comparison.json: the baseline, each setting (table order) with its statistics, and every run."""
+    """comparison.json: the baseline, the rule, each setting (table order) with its statistics, every run."""
     settings = [
         {
             "rank": rank,
@@ -77,9 +81,32 @@ def summary(
     baseline = next((label for label, c in versus.items() if c is None), None)
     return {
         "baseline": baseline,
-        "alpha": ALPHA,
+        "metric": metric,
+        "rule": {"alpha": rule.alpha, "delta": rule.delta, "max_seeds": rule.max_seeds}
+        | ({"seed_looks": list(rule.schedule())} if rule.start_seeds is not None else {}),
         "ranked_by": "best_val_loss" if ranked else None,
         "shared_overrides": list(shared),
         "settings": settings,
         "runs": [_json_safe(row) for row in rows],
     }
+
+
+def settings_csv(settings: list[dict[str, Any]]) -> bytes:
+    """comparison_settings.csv: comparison.json's settings, one row each, flattened (`best_val_loss_mean`,
+    `vs_baseline_verdict`, ...; the CI as `vs_baseline_ci_low` and `_high`)."""
+    rows = []
+    for setting in settings:
+        row = {"rank": setting["rank"], "setting": setting["setting"], "runs": len(setting["runs"])}
+        row["seeds"] = " ".join(str(seed) for seed in setting["seeds"])
+        for key in _SUMMARIZED:
+            row |= {f"{key}_mean": setting[key]["mean"], f"{key}_sd": setting[key]["sd"]}
+        versus = setting["vs_baseline"] or dict.fromkeys(_VERSUS)
+        ci = versus.get("ci") or [None, None]
+        row |= {f"vs_baseline_{key}": versus[key] for key in _VERSUS if key != "ci"}
+        row |= {"vs_baseline_ci_low": ci[0], "vs_baseline_ci_high": ci[1]}
+        rows.append(_json_safe(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, list(rows[0]) if rows else ["setting"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()

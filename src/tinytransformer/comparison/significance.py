@@ -1,26 +1,97 @@
-"""Does a setting beat the baseline? Its best val loss against the baseline's: t-test, 95 % CI, verdict."""
+"""Does a setting beat the baseline? Its metric against the baseline's: a t-test's CI, and one of four
+verdicts by a rule fixed in advance (the same for compare_runs and the seed sweeper, seed_rounds.py)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
-ALPHA = 0.05
 PAIRED, WELCH = "paired", "Welch"
-BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference"
+ALPHA = 0.05  # the chance of a false verdict we accept per setting, over all of its looks
+# The equivalence margin in nats per token. e^0.01 = 1.01: a setting whose loss is within 0.01 nats of the
+# baseline's changes perplexity by less than 1 %, and by less than 0.015 bits/char, finer than the two
+# decimals of bits/char that character-level results are compared at.
+DELTA = 0.01
+BETTER, WORSE, EQUIVALENT, UNDECIDED = "better", "worse", "equivalent", "undecided"
 
-Sample = list[tuple[str | None, float]]  # (seed, best val loss) of each run of a setting
+
+@dataclass(frozen=True)
+class Rule:
+    """How sure a verdict must be, and how many seeds a setting may get.
+
+    A fixed sweep (start_seeds None) looks once, with a 1 - alpha CI. A seed sweep looks at every setting
+    after each round, at n = start_seeds, start_seeds + add_seeds, ..., max_seeds seeds: look k uses a
+    1 - alpha / 2**k CI. The looks' alphas sum to less than alpha whatever the budget (Bonferroni over a
+    geometric series), so adding seeds until a CI clears cannot push a setting's false-verdict rate past
+    alpha; and a larger budget leaves the earlier looks, and so the sweep's first rounds, as they were.
+    """
+
+    alpha: float = ALPHA
+    delta: float = DELTA
+    max_seeds: int = 10
+    start_seeds: int | None = None
+    add_seeds: int = 2
+
+    def alpha_at(self, n: int) -> float:
+        """The alpha of the CI a setting with n seeds is judged by."""
+        if self.start_seeds is None:
+            return self.alpha
+        look = 1 + max(0, math.ceil((n - self.start_seeds) / self.add_seeds))
+        return self.alpha / 2**look
+
+    def schedule(self) -> range:
+        """The seed counts a verdict can be reached at: a seed sweep's looks, else any count from 2."""
+        if self.start_seeds is None:
+            return range(2, self.max_seeds + 1)
+        return range(self.start_seeds, self.max_seeds + 1, self.add_seeds)
+
+
+def verdict(ci: tuple[float, float], delta: float) -> str:
+    """Better or worse where the CI of Δ (setting - baseline, lower is better) excludes 0; equivalent where it
+    lies within ±delta (no effect larger than delta); undecided otherwise."""
+    low, high = ci
+    if high < 0:
+        return BETTER
+    if low > 0:
+        return WORSE
+    return EQUIVALENT if -delta < low and high < delta else UNDECIDED
+
+
+def seeds_needed(diff: float, sd: float, n: int, rule: Rule) -> int | None:
+    """The fewest seeds per setting that would decide, if Δ and the spread stayed as observed (`sd`: of the
+    paired differences; for Welch, of the two sides' variances summed); None: more than rule.max_seeds.
+
+    Decided means a CI half-width t * sd / sqrt(n) below |Δ| (it excludes 0) or below delta - |Δ| (it lies
+    within ±delta), at one of the rule's seed counts.
+    """
+    from scipy import stats
+
+    wanted = max(abs(diff), rule.delta - abs(diff))
+    for m in rule.schedule():
+        if m <= n:
+            continue
+        t = stats.t.ppf(1 - rule.alpha_at(m) / 2, m - 1)
+        if t * sd / math.sqrt(m) < wanted:
+            return m
+    return None
+
+
+Sample = list[tuple[str | None, float]]  # (seed, metric) of each run of a setting
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Setting minus baseline: mean difference, its 95 % CI, p-value, test; no CI, p or test under 2 runs."""
+    """Setting minus baseline: mean difference, its CI at level 1 - alpha, p-value, test, verdict, and the
+    seeds an undecided setting would need (None: more than the budget); no CI, p or test under 2 runs."""
 
     diff: float
     ci: tuple[float, float] | None
     p: float | None
     test: str | None
-    verdict: str  # BETTER | WORSE | NO_DIFFERENCE, or `n/a: ...` saying why there is no test
+    verdict: str  # BETTER | WORSE | EQUIVALENT | UNDECIDED, or `n/a: ...` saying why there is no test
+    alpha: float | None = None
+    seeds_needed: int | None = None
 
 
 def seed_pairs(runs: Sample, baseline: Sample) -> list[tuple[float, float]] | None:
@@ -38,14 +109,10 @@ def seed_pairs(runs: Sample, baseline: Sample) -> list[tuple[float, float]] | No
     return [(value, by_seed[seed]) for seed, value in runs]
 
 
-def verdict(ci: tuple[float, float]) -> str:
-    """Better (lower loss) or worse where the CI excludes 0; the same as p < ALPHA for these tests."""
-    low, high = ci
-    return BETTER if high < 0 else WORSE if low > 0 else NO_DIFFERENCE
-
-
-def against_baseline(runs: Sample, baseline: Sample) -> Comparison:
-    """Paired t-test where the seeds pair up (seed_pairs), else Welch's t-test; n/a under 2 runs a side."""
+def against_baseline(runs: Sample, baseline: Sample, rule: Rule | None = None) -> Comparison:
+    """Paired t-test where the seeds pair up (seed_pairs), else Welch's t-test; n/a under 2 runs a side.
+    The CI's level is the rule's for this many seeds; so is the verdict."""
+    rule = rule or Rule()
     values, base = [v for _, v in runs], [v for _, v in baseline]
     if len(values) < 2 or len(base) < 2:
         why = "1 run" if len(values) < 2 else "1 baseline run"
@@ -54,11 +121,13 @@ def against_baseline(runs: Sample, baseline: Sample) -> Comparison:
     test = PAIRED if pairs is not None else WELCH
     if pairs is not None:
         values, base = [v for v, _ in pairs], [b for _, b in pairs]
+    n, alpha = len(values), rule.alpha_at(len(values))
     diff = statistics.mean(values) - statistics.mean(base)
     spread = [[v - b for v, b in pairs]] if pairs is not None else [values, base]
     if all(statistics.stdev(s) == 0 for s in spread):
         # t is 0/0 or ±inf (scipy says nan): identical runs are no difference, a constant shift is one.
-        return Comparison(diff, (diff, diff), 1.0 if diff == 0 else 0.0, test, verdict((diff, diff)))
+        ci = (diff, diff)
+        return Comparison(diff, ci, 1.0 if diff == 0 else 0.0, test, verdict(ci, rule.delta), alpha)
     # Imported here: finding runs and every error of compare_runs need no scipy.
     from scipy import stats
 
@@ -66,19 +135,29 @@ def against_baseline(runs: Sample, baseline: Sample) -> Comparison:
         result = stats.ttest_rel(values, base)
     else:  # Welch: unequal variances, Welch–Satterthwaite df
         result = stats.ttest_ind(values, base, equal_var=False)
-    interval = result.confidence_interval(confidence_level=1 - ALPHA)
+    interval = result.confidence_interval(confidence_level=1 - alpha)
     ci = (float(interval.low), float(interval.high))
-    return Comparison(diff, ci, float(result.pvalue), test, verdict(ci))
+    decided = verdict(ci, rule.delta)
+    sd = math.sqrt(sum(statistics.variance(s) for s in spread))
+    needed = seeds_needed(diff, sd, n, rule) if decided == UNDECIDED else None
+    return Comparison(diff, ci, float(result.pvalue), test, decided, alpha, needed)
 
 
-def comparison_cells(comparison: Comparison | None) -> list[str]:
-    """The table's Δ [95 % CI], p, test and verdict cells; None is the baseline's row."""
+def verdict_cell(c: Comparison, max_seeds: int) -> str:
+    """`undecided: ~7 seeds`, `undecided: > 10 seeds`, or the verdict as it is."""
+    if c.verdict != UNDECIDED:
+        return c.verdict
+    return f"undecided: ~{c.seeds_needed} seeds" if c.seeds_needed else f"undecided: > {max_seeds} seeds"
+
+
+def comparison_cells(comparison: Comparison | None, max_seeds: int) -> list[str]:
+    """The table's Δ [CI], p, test and verdict cells; None is the baseline's row."""
     if comparison is None:
         return ["baseline", "", "", "baseline"]
     c = comparison
     delta = f"{c.diff:+.4f}" + (f" [{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]" if c.ci is not None else "")
     p = "n/a" if c.p is None else "<0.001" if c.p < 0.001 else f"{c.p:.3f}"
-    return [delta, p, c.test or "n/a", c.verdict]
+    return [delta, p, c.test or "n/a", verdict_cell(c, max_seeds)]
 
 
 def as_json(comparison: Comparison | None) -> dict | None:
@@ -87,4 +166,12 @@ def as_json(comparison: Comparison | None) -> dict | None:
         return None
     c = comparison
     ci = list(c.ci) if c.ci is not None else None
-    return {"diff": c.diff, "ci95": ci, "p": c.p, "test": c.test, "verdict": c.verdict}
+    return {
+        "diff": c.diff,
+        "ci": ci,
+        "alpha": c.alpha,
+        "p": c.p,
+        "test": c.test,
+        "verdict": c.verdict,
+        "seeds_needed": c.seeds_needed,
+    }

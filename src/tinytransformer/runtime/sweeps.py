@@ -79,10 +79,14 @@ def _key(override: str) -> str:
 
 
 def sweeper_params(hydra) -> dict[str, Any]:
-    """The search space of a sweep's Hydra config node `hydra` (hydra.sweeper.params), as plain data."""
+    """The search space of a sweep's Hydra config node `hydra` (hydra.sweeper.params), as plain data; a seed
+    sweep (hydra/sweeper=seeds) varies the seed too."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
+    params = OmegaConf.to_container(hydra.sweeper.params) if hydra.sweeper.get("params") else {}
+    if "max_seeds" in hydra.sweeper:
+        params["seed"] = f"1..{hydra.sweeper.max_seeds}"
+    return params
 
 
 def swept_keys(sweep_dir: str, sweeper_params: dict[str, Any]) -> set[str]:
