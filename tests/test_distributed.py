@@ -209,7 +209,9 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_one_line(log_dir):
         timeout=180, env={"PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert result.returncode != 0
-    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    line = lines[0]
     assert line.startswith("error: non-finite training loss (nan) at a step in 1..10"), line
     assert "Traceback" not in result.stderr
     assert metrics(run_dirs(log_dir)[0])["stop_reason"] == "non_finite_loss"

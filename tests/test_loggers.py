@@ -3,6 +3,7 @@ sweep job, read back with its own library's reader."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,54 @@ def test_a_logger_whose_extra_is_missing_fails_before_any_work_in_one_line(
     line = f"error: logger={logger} needs the {logger} extra: pip install -e '.[{logger}]'\n"
     assert capsys.readouterr().err == line
     assert not list(log_dir.iterdir())  # no run dir
+
+
+RACE = """
+import os, sys, time
+from importlib import import_module
+from pathlib import Path
+module, name = sys.argv[1].rsplit(".", 1)
+cls = getattr(import_module(module), name)
+import mlflow.store.tracking.sqlalchemy_store
+db, processes = Path(sys.argv[2]), int(sys.argv[3])
+(db.parent / f"ready-{os.getpid()}").touch()
+while len(list(db.parent.glob("ready-*"))) < processes:  # every process starts its logger at once
+    time.sleep(0.001)
+try:
+    logger = cls(experiment_name="train", run_name=f"r{os.getpid()}", tracking_uri=f"sqlite:///{db}")
+    logger.log_hyperparams({"a": 1})
+    print("ok")
+except Exception as err:
+    print(f"failed: {type(err).__name__}")
+"""
+
+
+def start_together(logger_class: str, db: Path, processes: int = 3) -> list[str]:
+    db.parent.mkdir()
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, logger_class, str(db), str(processes)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        for _ in range(processes)
+    ]
+    return [proc.communicate(timeout=120)[0].strip() for proc in procs]
+
+
+def test_mlflow_runs_that_start_together_on_one_new_sqlite_store_all_start(tmp_path):
+    """Lightning's own logger fails there (MLflow creates the tables and the experiment in each process);
+    ours takes turns under a lock beside the database."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    stock = start_together("lightning.pytorch.loggers.MLFlowLogger", tmp_path / "stock" / "mlflow.db")
+    assert any(line.startswith("failed:") for line in stock), stock
+    ours = start_together("tinytransformer.runtime.loggers.MLFlowLogger", tmp_path / "ours" / "mlflow.db")
+    assert ours == ["ok"] * 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ours' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
+    assert len(client.search_runs([experiment.experiment_id])) == 3

@@ -76,11 +76,13 @@ def test_a_killed_search_started_again_runs_only_the_trials_it_has_left(tmp_path
     trials = study_of(tmp_path).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]  # n_trials in total, over both starts
     assert [t.state.name for t in trials[:2]] == ["COMPLETE", "COMPLETE"]
-    assert "#0 :" not in again.stdout and "#1 :" not in again.stdout  # trials 0 and 1 were not run again
+    assert (
+        "job 0: " not in again.stdout and "job 1: " not in again.stdout
+    )  # trials 0 and 1 were not run again
     assert trial_1.stat().st_mtime_ns == done_before
     assert [t.state.name for t in trials[2:]] == ["FAIL", "COMPLETE"]  # killed while running: failed
     assert "trial 2: failed, no heartbeat for 2 s (its search was stopped)" in again.stdout
-    assert "#2 :" not in again.stdout and "#3 :" in again.stdout
+    assert "job 2: " not in again.stdout and "job 3: started in" in again.stdout
 
 
 def test_two_workers_on_one_sqlite_study_run_its_trials_together_each_once(tmp_path):

@@ -4,16 +4,19 @@ untouched, a killed job resumes from its last.ckpt, and a failed job runs again 
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
+import pytest
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.comparison.compare import compare
+from tinytransformer.runtime.runs import is_locked
 
 QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
-# The second job checkpoints at step 20 and runs on to 100: time to kill it between the two.
-SWEEP = [*QUICK, "trainer.max_steps=100", "trainer.val_check_interval=50", "seed=1,2,3"]
+# One thread a job, so that the launchers' jobs compute alike.
+SWEEP = [*QUICK, "seed=1,2,3", "trainer.threads_per_process=1"]
 JOBS = ["0_seed=1", "1_seed=2", "2_seed=3"]
 COMPARED = ("best_val_loss", "final_val_loss", "steps", "best_step")
 
@@ -40,28 +43,49 @@ def sweep_args(log_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
     return ["-m", *extra, f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}"]
 
 
-def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize(
+    ("launcher", "steps"),
+    # The second job checkpoints at step 20 and runs on: time to kill it before its end. Side by side, the
+    # first job must not end before then either.
+    [
+        ("resumable_basic", ["trainer.max_steps=100", "trainer.val_check_interval=50"]),
+        ("resumable_parallel", ["trainer.max_steps=600", "trainer.val_check_interval=200"]),
+    ],
+)
+def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(
+    tmp_path, launcher, steps
+):
+    """One after another, job 0 is done when job 1 is killed; side by side (2 x 1 here), both are stopped
+    at a checkpoint: the killed sweep's jobs get SIGTERM."""
     reference_dir, sweep_dir = tmp_path / "reference", tmp_path / "sweep"
-    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *SWEEP))
+    sweep = [*SWEEP, *steps, f"hydra/launcher={launcher}"]
+    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *sweep))
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    args = sweep_args(tmp_path, sweep_dir, *SWEEP)
+    args = sweep_args(tmp_path, sweep_dir, *sweep)
     proc = start_cli("train.py", *args)
     last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
     wait_until(last.is_file, proc, what="the second job's first last.ckpt")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the sweep ended before it could be killed"
-    assert status(sweep_dir / JOBS[0]) == "finished"
+    deadline = time.time() + 60  # its jobs (side by side) save last.ckpt as they stop
+    while any(is_locked(sweep_dir / job) for job in JOBS[:2]) and time.time() < deadline:
+        time.sleep(0.05)
+    side_by_side = launcher == "resumable_parallel"
+    assert (status(sweep_dir / JOBS[0]) == "finished") is not side_by_side
     assert status(sweep_dir / JOBS[1]) != "finished"
     assert not (sweep_dir / JOBS[2]).exists()
-    finished = files_of(sweep_dir / JOBS[0])
+    before = files_of(sweep_dir / JOBS[0])
 
     again = run_cli("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"job 0: done before ({sweep_dir / JOBS[0]}), skipped" in again.stdout
+    if side_by_side:
+        assert f"job 0: continuing {sweep_dir / JOBS[0]} from" in again.stdout
+    else:
+        assert f"job 0: done before ({sweep_dir / JOBS[0]}), skipped" in again.stdout
+        assert files_of(sweep_dir / JOBS[0]) == before
     assert f"job 1: continuing {sweep_dir / JOBS[1]} from {last}" in again.stdout
     assert "job 1: done before" not in again.stdout and "job 2: done before" not in again.stdout
-    assert files_of(sweep_dir / JOBS[0]) == finished
     for job in JOBS:
         resumed, uninterrupted = metrics(sweep_dir / job), metrics(reference_dir / job)
         assert resumed["status"] == "finished", job
@@ -92,7 +116,8 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     assert f"job 0: done before ({old_name}), skipped" in again.stdout
     assert not (sweep_dir / "0_dropout=0").exists()
     assert (
-        f"job 1: starting {failed_dir} over (no last.ckpt): removed checkpoints, failed.json" in again.stdout
+        f"job 1: starting {failed_dir} over (no last.ckpt): removed checkpoints, failed.json"
+        in (failed_dir / "train.log").read_text()
     )
     assert "job 1 failed: model.dropout=-0.5" in again.stdout
     assert failed.stat().st_mtime_ns > 0 and not (failed_dir / "checkpoints").exists()

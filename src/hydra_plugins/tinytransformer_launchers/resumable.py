@@ -40,7 +40,7 @@ def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | Non
             return None
         value, state = None, "failed before"
     else:
-        metrics = _read_metrics(run_dir)
+        metrics = read_json(run_dir / METRICS)
         if metrics.get("status") != FINISHED:  # running when killed, interrupted, or never started
             return None
         value, state = metrics.get("best_val_loss"), "done before"
@@ -54,8 +54,9 @@ def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | Non
     return job
 
 
-def _read_metrics(run_dir: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A run dir's json file; {} for none yet, or an unreadable one (its job runs again)."""
     try:
-        return json.loads((run_dir / METRICS).read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: the job runs again
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
