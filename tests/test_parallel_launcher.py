@@ -36,12 +36,23 @@ def trainer_config(**trainer) -> OmegaConf:
 def test_processes_and_threads_are_fitted_to_the_cores(
     monkeypatch, cores, jobs, trainer, processes, expected
 ):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("tinytransformer.runtime.flops.available_cpus", lambda: cores)
     monkeypatch.setattr("tinytransformer.runtime.precision.on_gpu", lambda accelerator: accelerator == "gpu")
     assert parallel.fit_processes(trainer_config(**trainer), processes, jobs) == expected
 
 
+def test_omp_num_threads_sets_the_threads_where_the_config_does_not(monkeypatch):
+    monkeypatch.setattr("tinytransformer.runtime.flops.available_cpus", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert parallel.fit_processes(trainer_config(), None, 9) == (4, 2)
+    assert parallel.fit_processes(trainer_config(threads_per_process=8), None, 9) == (1, 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # more than the cores: all of them, one job at a time
+    assert parallel.fit_processes(trainer_config(), None, 9) == (1, 8)
+
+
 def test_threads_or_processes_beyond_the_cores_are_refused_in_one_line(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("tinytransformer.runtime.flops.available_cpus", lambda: 2)
     with pytest.raises(
         UserError, match=r"^trainer.threads_per_process=3: more than the 2 cores this sweep may use"

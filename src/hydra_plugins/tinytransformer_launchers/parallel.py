@@ -1,19 +1,20 @@
 """`hydra/launcher=resumable_parallel` (the default): a sweep's jobs several at a time on this machine.
 
-- Each job runs in a process of its own, with `trainer.threads_per_process` torch threads. Processes x
-  threads are fitted to the cores this process may use (affinity and cgroup quota; 2 x 1 on 2 cores); a
-  user's `threads_per_process` sets the threads and `hydra.launcher.processes` the processes. Jobs on a GPU,
+- Jobs run in worker processes, one after another in each, as resumable_basic runs them in the sweep's own
+  process: torch and Lightning are imported once per worker, not per job. Workers x threads are fitted to
+  the cores this process may use (affinity and cgroup quota; 2 x 1 on 2 cores); a user's
+  `trainer.threads_per_process` sets the threads and `hydra.launcher.processes` the workers. Jobs on a GPU,
   or jobs that are DDP runs themselves, run one at a time.
-- A job's numbers depend on its threads, never on what runs beside it.
+- A job's numbers depend on its threads, never on what runs beside it or before it in its worker.
 - Each job's output goes to its run dir's train.log; the terminal gets a line as a job starts and ends.
 - Ctrl-C (SIGINT or SIGTERM to this process) is passed to every running job: each saves last.ckpt and stops,
   and no further job starts. A killed sweep's jobs get SIGTERM. Run again, the sweep skips the finished jobs
   and resumes the others, as with resumable_basic.
 
-Jobs are Hydra's own (run_job on the job's composed config), in a fresh interpreter: the parent pickles what
-run_job needs with cloudpickle, as hydra-submitit-launcher does.
-"""
+Jobs are Hydra's own (run_job on the job's composed config): the sweep pickles what run_job needs with
+cloudpickle, as hydra-submitit-launcher does, and a worker runs it."""
 
+import atexit
 import ctypes
 import logging
 import os
@@ -60,6 +61,12 @@ ConfigStore.instance().store(
 class ResumableParallelLauncher(Launcher):
     def __init__(self, processes: Optional[int] = None, skip_failed: bool = False) -> None:  # noqa: UP045
         self.processes, self.skip_failed = processes, skip_failed
+        self.workers: list[_Worker | None] = []  # kept for the sweep's next launch (an Optuna trial, a round)
+        atexit.register(self._close_workers)
+
+    def _close_workers(self) -> None:
+        for worker in [w for w in self.workers if w]:
+            worker.close()
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
@@ -69,33 +76,34 @@ class ResumableParallelLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        processes, threads = fit_processes(self.config, self.processes, len(job_overrides))
-        each = f"{threads} thread{'s' if threads > 1 else ''} each"
+        processes, self.threads = fit_processes(self.config, self.processes, len(job_overrides))
+        each = f"{self.threads} thread{'s' if self.threads > 1 else ''} each"
         log.info(f"Launching {len(job_overrides)} jobs, {processes} at a time, {each}")
         pending = list(enumerate(job_overrides, start=initial_job_idx))
-        running: dict[int, _Job] = {}
+        self.workers += [None] * (processes - len(self.workers))  # a worker starts with its slot's first job
+        slots = self.workers[:processes]
         returns: dict[int, JobReturn] = {}
         stop, fatal = _StopRequest(), None
         with stop:
-            while (pending and not (stop.signal or fatal)) or running:
-                while pending and len(running) < processes and not (stop.signal or fatal):
-                    idx, overrides = pending.pop(0)
-                    job = self._start(idx, list(overrides), threads)
-                    if isinstance(job, JobReturn):  # done before: skipped
-                        returns[idx] = job
-                    else:
-                        running[idx] = job
-                if stop.signal or fatal:  # every running job saves last.ckpt and stops
-                    for job in running.values():
-                        job.forward(stop.signal or signal.SIGTERM)
-                for idx in [i for i, job in running.items() if job.proc.poll() is not None]:
-                    job = running.pop(idx)
-                    returns[idx] = job.finish()
-                    if job.proc.returncode != 0 and not job.forwarded:  # e.g. a full disk: the sweep stops
-                        fatal = fatal or job
+            while (pending and not (stop.signal or fatal)) or any(w and w.job for w in slots):
+                for i, worker in enumerate(slots):
+                    if (worker and worker.job) or stop.signal or fatal:
+                        continue
+                    if job := self._next_job(pending, returns):
+                        if worker is None or not worker.alive():
+                            slots[i] = self.workers[i] = worker = _Worker(self.threads)
+                        worker.start(job)
+                for worker in [w for w in slots if w and w.job]:
+                    if stop.signal or fatal:  # every running job saves last.ckpt and stops
+                        worker.forward(stop.signal or signal.SIGTERM)
+                    if (code := worker.ended()) is not None:
+                        job = worker.job
+                        returns[job.idx] = worker.finish(code)
+                        if code != 0 and not worker.forwarded:  # e.g. a full disk: the sweep stops
+                            fatal = fatal or job
                 time.sleep(0.05)
         if fatal:
-            code = fatal.proc.returncode
+            code = fatal.code
             print(
                 fatal.error or f"error: job {fatal.idx} exited with code {code}; see its train.log",
                 file=sys.stderr,
@@ -106,20 +114,26 @@ class ResumableParallelLauncher(Launcher):
             sys.exit(128 + stop.signal)
         return [returns[idx] for idx in sorted(returns)]
 
-    def _start(self, idx: int, overrides: list[str], threads: int) -> "_Job | JobReturn":
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-            threads = sweep_config.trainer.get("threads_per_process") or threads  # a job's own, if swept
-            sweep_config.trainer.threads_per_process = threads
-        skipped = skipped_job(sweep_config, self.skip_failed)
-        if skipped:
-            log.info(skipped.line)
-            return skipped
-        with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
-            sweep_config.hydra.job_logging.root.handlers = ["file"]  # the console goes to train.log too
-        return _Job(idx, overrides, sweep_config, threads, (self.hydra_context, self.task_function))
+    def _next_job(self, pending: list, returns: dict[int, JobReturn]) -> "_Job | None":
+        """The next job to run; those done before are skipped on the way, their results kept."""
+        while pending:
+            idx, overrides = pending.pop(0)
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+                if sweep_config.trainer.get("threads_per_process") is None:  # a job's own (swept) stays
+                    sweep_config.trainer.threads_per_process = self.threads
+            skipped = skipped_job(sweep_config, self.skip_failed)
+            if skipped:
+                log.info(skipped.line)
+                returns[idx] = skipped
+                continue
+            with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
+                sweep_config.hydra.job_logging.root.handlers = ["file"]  # the console goes to train.log too
+            context = (self.hydra_context, self.task_function)
+            return _Job(idx, list(overrides), sweep_config, context, job_dir(sweep_config))
+        return None
 
 
 def fit_processes(config: DictConfig, processes: Optional[int], jobs: int) -> tuple[int, int]:  # noqa: UP045
@@ -130,6 +144,8 @@ def fit_processes(config: DictConfig, processes: Optional[int], jobs: int) -> tu
 
     cores = available_cpus()
     threads = config.trainer.get("threads_per_process")
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():  # the user's threads per process
+        threads = min(max(1, int(os.environ["OMP_NUM_THREADS"])), cores)
     if threads is not None and threads > cores:
         raise UserError(
             f"trainer.threads_per_process={threads}: more than the {cores} cores this sweep may use; "
@@ -150,73 +166,109 @@ def fit_processes(config: DictConfig, processes: Optional[int], jobs: int) -> tu
     return processes, threads
 
 
+@dataclass
 class _Job:
-    """A job in its own interpreter. Its stdout goes to its run dir's train.log; its stderr too, through this
-    process, which keeps the last `error:` line for the terminal."""
+    idx: int
+    overrides: list[str]
+    sweep_config: DictConfig
+    context: tuple  # (hydra_context, task_function)
+    dir: Path  # its run dir
+    spec: str = ""  # the file of its pickled run_job arguments
+    error: str | None = None  # the last `error:` line it wrote
+    code: int | None = None  # how it ended: 0, or its process's exit code
 
-    def __init__(self, idx: int, overrides: list[str], sweep_config: DictConfig, threads: int, context):
+
+class _Worker:
+    """A process that runs jobs one after another, as resumable_basic does in the sweep's own process: torch
+    and Lightning are imported once per slot, not once per job.
+
+    It reads a job (the path of its pickled run_job arguments) per line on stdin. A job's stdout goes to its
+    train.log; its stderr too, through this process, which keeps its last `error:` line for the terminal. The
+    worker marks the end of each job on stderr, and exits when a job exits (interrupted, a full disk)."""
+
+    def __init__(self, threads: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=os.environ | {"OMP_NUM_THREADS": str(threads)},
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the sweep only, which passes it on
+            preexec_fn=_term_with_parent,
+        )
+        self.job: _Job | None = None
+        self.forwarded, self._done = False, threading.Event()
+        threading.Thread(target=self._copy_stderr, daemon=True).start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, job: _Job) -> None:
         import cloudpickle
 
-        self.idx, self.overrides, self.dir = idx, overrides, job_dir(sweep_config)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        last = checkpoint_to_continue(self.dir)
-        fd, self.spec = tempfile.mkstemp(
-            prefix=f"tinytransformer-job-{idx}-", suffix=".pkl"
-        )  # outside the run
+        job.dir.mkdir(parents=True, exist_ok=True)
+        last = checkpoint_to_continue(job.dir)
+        fd, job.spec = tempfile.mkstemp(prefix=f"tinytransformer-job-{job.idx}-", suffix=".pkl")
         with os.fdopen(fd, "wb") as file:
-            cloudpickle.dump((*context, sweep_config, Singleton.get_state()), file)
-        env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-        with (self.dir / "train.log").open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, self.spec],
-                stdout=out,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches the sweep only, which passes it on
-                preexec_fn=_term_with_parent,
-            )
-        self.error: str | None = None
-        self._stderr = threading.Thread(target=self._copy_stderr, daemon=True)
-        self._stderr.start()
-        self.forwarded = False
-        where = f"continuing {self.dir} from {last}" if last else f"started in {self.dir}"
-        log.info(f"job {idx}: {where}, output in its train.log")
+            cloudpickle.dump((*job.context, job.sweep_config, Singleton.get_state()), file)
+        self.job, self.forwarded = job, False
+        self._done.clear()
+        self.proc.stdin.write(f"{job.spec}\n".encode())
+        self.proc.stdin.flush()
+        where = f"continuing {job.dir} from {last}" if last else f"started in {job.dir}"
+        log.info(f"job {job.idx}: {where}, output in its train.log")
 
     def _copy_stderr(self) -> None:
-        with (self.dir / "train.log").open("ab") as log_file:
-            for line in self.proc.stderr:
+        for line in self.proc.stderr:
+            job = self.job
+            if line == _DONE:
+                self._done.set()
+            elif job is not None:
                 if line.startswith(b"error: "):
-                    self.error = line.decode(errors="replace").strip()
+                    job.error = line.decode(errors="replace").strip()
                 try:
-                    log_file.write(line)
-                    log_file.flush()
+                    with (job.dir / "train.log").open("ab") as log_file:
+                        log_file.write(line)
                 except OSError:  # a full disk: the line is kept for the terminal all the same
                     pass
+        self._done.set()  # the worker exited
 
     def forward(self, signum: int) -> None:
-        if not self.forwarded and self.proc.poll() is None:
+        if not self.forwarded and self.alive():
             self.proc.send_signal(signum)
             self.forwarded = True
 
-    def finish(self) -> JobReturn:
+    def ended(self) -> int | None:
+        """The running job's exit code once it has ended (0 when the worker goes on), else None."""
+        if not self._done.is_set():
+            return None
+        return 0 if self.alive() else self.proc.wait()
+
+    def finish(self, code: int) -> JobReturn:
         """The job's result as `_hydra_train` returned it (its best val loss, None for a failed job), read
         from its run dir; its line for the terminal."""
-        self._stderr.join()
-        Path(self.spec).unlink(missing_ok=True)  # the job removes it once read; not if it died first
-        code = self.proc.returncode
-        failed = read_json(self.dir / FAILED_FILE).get("reason")
-        value = read_json(self.dir / METRICS).get("best_val_loss") if code == 0 and not failed else None
+        job, self.job = self.job, None
+        job.code = code
+        Path(job.spec).unlink(missing_ok=True)  # the worker removes it once read; not if it died first
+        failed = read_json(job.dir / FAILED_FILE).get("reason")
+        value = read_json(job.dir / METRICS).get("best_val_loss") if code == 0 and not failed else None
         if code != 0:
-            line = f"job {self.idx}: stopped (exit code {code})"
+            line = f"job {job.idx}: stopped (exit code {code})"
             line += "; the sweep's command again resumes it" if self.forwarded else ""
         elif failed:
-            line = f"job {self.idx} failed: {failed.splitlines()[0]}"
+            line = f"job {job.idx} failed: {failed.splitlines()[0]}"
         else:
-            line = f"job {self.idx}: finished, best val loss {value:.4f}"
+            line = f"job {job.idx}: finished, best val loss {value:.4f}"
         log.info(line)
-        job = JobReturn(overrides=self.overrides, status=JobStatus.COMPLETED)
-        job.return_value = value
-        return job
+        ret = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED)
+        ret.return_value = value
+        return ret
+
+    def close(self) -> None:
+        """No more jobs: the worker ends (at once where it is idle; a stopped job's worker has ended)."""
+        if self.alive():
+            self.proc.stdin.close()
+        self.proc.wait()
 
 
 class _StopRequest:
@@ -243,26 +295,38 @@ def _term_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _run_pickled_job(spec: str) -> None:
-    """The child: run the job as Hydra's basic launcher does; its exit code says how it ended."""
+_DONE = b"\x00job done\n"  # the worker's mark on stderr after each job
+
+
+def _serve() -> None:
+    """The worker: run each job it is given, as Hydra's basic launcher does, with its stdout in its
+    train.log; a job that exits (interrupted, a full disk) ends the worker with its exit code."""
     import cloudpickle
 
-    with open(spec, "rb") as file:
-        hydra_context, task_function, sweep_config, singleton_state = cloudpickle.load(file)
-    os.unlink(spec)
-    setup_globals()
-    Singleton.set_state(singleton_state)
-    HydraConfig.instance().set_config(sweep_config)
-    ret = run_job(
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=sweep_config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
-    if ret.status == JobStatus.FAILED:  # not a failed job (that is recorded) but a bug: its traceback
-        raise ret._return_value
+    for line in sys.stdin:
+        with open(line.strip(), "rb") as file:
+            hydra_context, task_function, sweep_config, singleton_state = cloudpickle.load(file)
+        os.unlink(line.strip())
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        HydraConfig.instance().set_config(sweep_config)
+        sys.stdout.flush()
+        with (job_dir(sweep_config) / "train.log").open("ab") as out:
+            os.dup2(out.fileno(), sys.stdout.fileno())
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+        if ret.status == JobStatus.FAILED:  # not a failed job (that is recorded) but a bug: its traceback
+            raise ret._return_value
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stderr.buffer.write(_DONE)
+        sys.stderr.buffer.flush()
 
 
 if __name__ == "__main__":
-    _run_pickled_job(sys.argv[1])
+    _serve()
