@@ -49,7 +49,7 @@ def sweep_args(log_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
     # first job must not end before then either.
     [
         ("resumable_basic", ["trainer.max_steps=100", "trainer.val_check_interval=50"]),
-        ("resumable_parallel", ["trainer.max_steps=600", "trainer.val_check_interval=200"]),
+        ("resumable_parallel", ["trainer.max_steps=1000", "trainer.val_check_interval=250"]),
     ],
 )
 def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(
@@ -65,13 +65,15 @@ def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted
     args = sweep_args(tmp_path, sweep_dir, *sweep)
     proc = start_cli("train.py", *args)
     last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
-    wait_until(last.is_file, proc, what="the second job's first last.ckpt")
+    side_by_side = launcher == "resumable_parallel"
+    # Side by side, job 0 may start later than job 1 (each worker imports torch): both must be training.
+    started = [sweep_dir / job / "checkpoints" / "last.ckpt" for job in JOBS[: 2 if side_by_side else 1]]
+    wait_until(lambda: last.is_file() and all(p.is_file() for p in started), proc, what="the jobs' last.ckpt")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the sweep ended before it could be killed"
     deadline = time.time() + 60  # its jobs (side by side) save last.ckpt as they stop
     while any(is_locked(sweep_dir / job) for job in JOBS[:2]) and time.time() < deadline:
         time.sleep(0.05)
-    side_by_side = launcher == "resumable_parallel"
     assert (status(sweep_dir / JOBS[0]) == "finished") is not side_by_side
     assert status(sweep_dir / JOBS[1]) != "finished"
     assert not (sweep_dir / JOBS[2]).exists()
