@@ -3,6 +3,7 @@ untouched, a killed job resumes from its last.ckpt, and a failed job runs again 
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
+from tests.test_errors import assert_one_line_error
 
 from tinytransformer.comparison.compare import compare
 from tinytransformer.runtime.runs import is_locked
@@ -109,14 +111,20 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     (failed_dir / "checkpoints").mkdir()
     (failed_dir / "checkpoints" / "best-step=5.ckpt").write_bytes(b"stale")
     os.utime(failed, ns=(0, 0))
-    # Job 0 as a sweep begun before the short job names named it: it keeps its dir.
-    old_name = sweep_dir / "0_model.dropout=0"
-    (sweep_dir / "0_dropout=0").rename(old_name)
+    # A job dir that an older version wrote (under the full `key=value` name it gave jobs then): the re-run
+    # is refused in one line before any work, and nothing in the sweep dir changes.
+    old_job = sweep_dir / "0_model.dropout=0"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run-14a602d", old_job)
+    before = {job.name: files_of(job) for job in sweep_dir.iterdir()}
+    refused = run_cli("train.py", *args)
+    assert_one_line_error(refused, f"hydra.sweep.dir={sweep_dir}: job dir {old_job.name}: written by another")
+    assert "or start a new sweep dir (nothing in it was changed)" in refused.stderr
+    assert {job.name: files_of(job) for job in sweep_dir.iterdir()} == before
+    shutil.rmtree(old_job)
 
     again = run_cli("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"job 0: done before ({old_name}), skipped" in again.stdout
-    assert not (sweep_dir / "0_dropout=0").exists()
+    assert f"job 0: done before ({sweep_dir / '0_dropout=0'}), skipped" in again.stdout
     assert (
         f"job 1: starting {failed_dir} over (no last.ckpt): removed checkpoints, failed.json"
         in (failed_dir / "train.log").read_text()
@@ -129,6 +137,6 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     submitit = ["hydra/launcher=resumable_submitit_local", "hydra.launcher.skip_failed=true"]
     skipped = run_cli("train.py", *args, *submitit)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
-    assert f"job 0: done before ({old_name}), skipped" in skipped.stdout
+    assert f"job 0: done before ({sweep_dir / '0_dropout=0'}), skipped" in skipped.stdout
     assert f"job 1: failed before ({failed_dir}), skipped" in skipped.stdout
     assert failed.stat().st_mtime_ns == 0

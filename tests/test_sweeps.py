@@ -214,13 +214,5 @@ def test_a_job_name_is_short_a_group_by_its_option_a_key_by_its_last_part_unless
         sweep_job_name(str(tmp_path), job, shared, "all")
         == "model.dropout=0.1,regularizers.noise.dropout=0.2,seed=2"
     )
-    # A sweep begun when jobs had the full name keeps its job dirs, so it resumes in them.
-    (tmp_path / "3_regularization=dropout,seed=2").mkdir()
-    job = ["regularization=dropout", "seed=2"]
-    assert (
-        sweep_job_name(str(tmp_path), job, {}, "all", groups=groups, job_num=3)
-        == "regularization=dropout,seed=2"
-    )
-    assert sweep_job_name(str(tmp_path), job, {}, "all", groups=groups, job_num=4) == "dropout,seed=2"
     deleted = ["~regularization", "seed=2"]  # a swept key deleted in this job: named as written
     assert sweep_job_name(str(tmp_path), deleted, {}, "all", groups=groups) == "seed=2,~regularization"

@@ -47,8 +47,9 @@ def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> NoReturn:
 
 def claim_output_dir(cfg, multirun: bool) -> None:
     """Make the run dir (locked: one writer) or the sweep dir (checked writable) before Hydra does, so a
-    read-only or full disk, or a run dir in use, costs one line and no traceback."""
+    read-only or full disk, a run dir in use, or a sweep dir another version wrote costs one line."""
     if multirun:
+        runs.check_sweep_layout(Path(cfg.hydra.sweep.dir))
         runs.check_writable(Path(cfg.hydra.sweep.dir))
     else:
         runs.lock_run_dir(cfg.hydra.run.dir)

@@ -54,7 +54,7 @@ def check_resumable(path: str, multirun: bool) -> Path:
     return run_dir
 
 
-def check_layout(run_dir: Path, key: str) -> None:
+def check_layout(run_dir: Path, key: str, new: str = "a new run") -> None:
     """A UserError for a run dir written by a version of tinytransformer whose layout this one does not read
     (conf/train.yaml's config_version says which it reads). Nothing in the run dir is changed."""
     current = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["config_version"]
@@ -62,8 +62,15 @@ def check_layout(run_dir: Path, key: str) -> None:
     if saved != current:
         raise UserError(
             f"{key}: written by another version of tinytransformer (config_version {saved}; this one reads "
-            f"{current}); continue it with the version that wrote it, or start a new run (nothing in it was changed)"
+            f"{current}); continue it with the version that wrote it, or start {new} (nothing in it was changed)"
         )
+
+
+def check_sweep_layout(sweep_dir: Path) -> None:
+    """check_layout for every job dir of a sweep run again: the first one another version wrote is refused."""
+    for config in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
+        job_dir = config.parent.parent
+        check_layout(job_dir, f"hydra.sweep.dir={sweep_dir}: job dir {job_dir.name}", "a new sweep dir")
 
 
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are

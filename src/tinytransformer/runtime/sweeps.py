@@ -26,7 +26,6 @@ def job_name(hydra, config_dir: Path) -> str:
         sweeper_params(hydra),
         hydra.job.override_dirname,
         groups=frozenset(k for k in keys if any((source / k).is_dir() for source in sources)),
-        job_num=hydra.job.get("num"),
     )
 
 
@@ -37,7 +36,6 @@ def sweep_job_name(
     all_overrides: str,
     max_chars: int = 200,
     groups: frozenset[str] = frozenset(),
-    job_num: int | None = None,
 ) -> str:
     """A sweep job's name: its values of the swept keys, short enough to read where TensorBoard cuts names
     (its HPARAMS table shows about 18 characters): `dropout,seed=2` for `regularization=dropout seed=2`,
@@ -48,8 +46,6 @@ def sweep_job_name(
     - Swept keys: `swept_keys`. Without any, the name is `all_overrides` (Hydra's override_dirname).
     - A `/` (a swept path) becomes `_`; cut to `max_chars` (file names have a length limit; the job number
       in front keeps names unique).
-    - A sweep begun before these short names (job `job_num` has a dir under the full `key=value` name)
-      keeps its dirs, so it still resumes.
     """
     swept = swept_keys(sweep_dir, sweeper_params)
     named = sorted(o for o in job_overrides if _key(o) in swept)
@@ -67,11 +63,7 @@ def sweep_job_name(
         last = bare.rsplit(".", 1)[-1]
         return f"{last if last_parts.count(last) == 1 else bare}={value}"
 
-    name = ",".join(short(o) for o in named).replace("/", "_")[:max_chars]
-    full = ",".join(named).replace("/", "_")[:max_chars]
-    if job_num is not None and (Path(sweep_dir) / f"{job_num}_{full}").is_dir():
-        return full
-    return name
+    return ",".join(short(o) for o in named).replace("/", "_")[:max_chars]
 
 
 def _key(override: str) -> str:
