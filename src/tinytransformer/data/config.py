@@ -26,7 +26,9 @@ class DataConfig:
     tokenizer: str = field(default="char", metadata=one_of("char", "simple"))
     block_size: int = field(default=64, metadata=at_least(1))
     batch_size: int = field(default=32, metadata=at_least(1))
-    eval_batch_size: int = field(default=64, metadata=at_least(1))
+    # 32: on a CPU, validation at 64 windows a batch ran ~1.3x slower (glibc returns its large activation
+    # buffers to the OS and faults them in again; docs/measurements.md). GPU configs set their own.
+    eval_batch_size: int = field(default=32, metadata=at_least(1))
     val_fraction: float = field(default=0.05, metadata=in_range(0, 1, low_open=True))
     test_fraction: float = field(default=0.05, metadata=in_range(0, 1))
     # Scored val characters per validation (test: all). 50,000: the built-in corpus's whole val split (5 % of
