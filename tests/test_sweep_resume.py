@@ -118,7 +118,7 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     before = {job.name: files_of(job) for job in sweep_dir.iterdir()}
     refused = run_cli("train.py", *args)
     assert_one_line_error(refused, f"hydra.sweep.dir={sweep_dir}: job dir {old_job.name}: written by another")
-    assert "or start a new sweep dir (nothing in it was changed)" in refused.stderr
+    assert "or start a new sweep dir, or move that job dir out of this one (nothing" in refused.stderr
     assert {job.name: files_of(job) for job in sweep_dir.iterdir()} == before
     shutil.rmtree(old_job)
 

@@ -27,7 +27,7 @@ class DataConfig:
     block_size: int = field(default=64, metadata=at_least(1))
     batch_size: int = field(default=32, metadata=at_least(1))
     # 32: on a CPU, validation at 64 windows a batch ran ~1.3x slower (glibc returns its large activation
-    # buffers to the OS and faults them in again; docs/measurements.md). GPU configs set their own.
+    # buffers to the OS and faults them in again; docs/measurements.md). experiment=shakespeare_gpu sets 128.
     eval_batch_size: int = field(default=32, metadata=at_least(1))
     val_fraction: float = field(default=0.05, metadata=in_range(0, 1, low_open=True))
     test_fraction: float = field(default=0.05, metadata=in_range(0, 1))

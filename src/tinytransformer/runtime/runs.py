@@ -67,10 +67,13 @@ def check_layout(run_dir: Path, key: str, new: str = "a new run") -> None:
 
 
 def check_sweep_layout(sweep_dir: Path) -> None:
-    """check_layout for every job dir of a sweep run again: the first one another version wrote is refused."""
+    """check_layout for every job dir of a sweep run again that holds results: the first one another version
+    wrote is refused (a job killed before its first result runs again, as before)."""
     for config in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
         job_dir = config.parent.parent
-        check_layout(job_dir, f"hydra.sweep.dir={sweep_dir}: job dir {job_dir.name}", "a new sweep dir")
+        if (job_dir / METRICS).is_file() or (job_dir / "checkpoints").is_dir():
+            fix = "a new sweep dir, or move that job dir out of this one"
+            check_layout(job_dir, f"hydra.sweep.dir={sweep_dir}: job dir {job_dir.name}", fix)
 
 
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are
