@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY_RUN, run_cli
 
 from tinytransformer.runtime.config import ROOT
-from tinytransformer.runtime.flops import cached_cpu_peak, flops_per_token
+from tinytransformer.runtime.flops import flops_per_token, matmul_precision, peak_flops
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,8 @@ def test_every_run_logs_tokens_per_s_and_mfu_at_log_steps_and_puts_the_runs_in_m
     m = json.loads((run_dir / "metrics.json").read_text())
     hp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert m["flops_per_token"] == flops_per_token(hp["model"], hp["data"]["block_size"])
-    assert (
-        m["peak_flops"] == cached_cpu_peak(ROOT / "data" / "cache", "fp32") and "measured" in m["peak_source"]
-    )
+    cpu, precision = torch.device("cpu"), matmul_precision(m["precision"])  # auto: bf16 on AMX/AVX512-BF16
+    assert (m["peak_flops"], m["peak_source"]) == peak_flops(cpu, precision, ROOT / "data" / "cache")
     for step, speed in speeds.items():
         assert speed > 0 and mfus[step] == pytest.approx(
             speed * m["flops_per_token"] / m["peak_flops"], rel=1e-5

@@ -120,6 +120,22 @@ def test_a_cpu_peak_is_measured_once_per_machine_and_precision_then_read_from_th
     assert json.loads((tmp_path / PEAK_FILE).read_text()) == {cpu_key("fp32"): 3e11}
 
 
+def test_a_cpus_bf16_peak_is_its_fp32_one_where_fp32_matmuls_are_faster(tmp_path, monkeypatch):
+    peaks = {torch.float32: 3e11, torch.bfloat16: 1e11}  # bf16 emulated: slower than fp32
+
+    def measure(dtype):
+        busy_for(0.02)
+        return peaks[dtype]
+
+    monkeypatch.setattr(flops, "measure_cpu_peak", measure)
+    cpu = torch.device("cpu")
+    peak, source = peak_flops(cpu, "bf16", tmp_path / "emulated")
+    assert (peak, source) == (3e11, f"CPU fp32 matmul, measured ({PEAK_FILE}), faster than its bf16 one")
+    peaks[torch.bfloat16] = 6e11  # bf16 instructions (AMX, AVX512-BF16): its own peak
+    assert peak_flops(cpu, "bf16", tmp_path / "native") == (6e11, f"CPU bf16 matmul, measured ({PEAK_FILE})")
+    assert peak_flops(cpu, "fp32", tmp_path / "native") == (3e11, f"CPU fp32 matmul, measured ({PEAK_FILE})")
+
+
 def test_a_cpu_peak_measured_while_other_processes_held_the_cores_is_used_but_not_cached(
     tmp_path, monkeypatch, caplog
 ):
