@@ -73,9 +73,9 @@ def train_main() -> None:
         sys.argv = [sys.argv[0], *argv, *launch.QUIET_RANK_OVERRIDES]
         hydra_train()
         return
-    overrides, multirun, hydra_flag = parse_args(argv)
     config_dir, config_name, extra = CONFIG_DIR, "train", []
     try:
+        overrides, multirun, hydra_flag = parse_args(argv)
         resume = override_value(overrides, "resume")
         if resume:
             run_dir = runs.check_resumable(resume, multirun)

@@ -14,6 +14,7 @@ from tinytransformer.runtime.config import register_schemas
 from tinytransformer.runtime.runs import quoted
 
 _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+_ONE_RUN_FLAGS = ("--cfg", "-c", "--info", "--shell-completion", "-sc")  # Hydra refuses them with -m
 
 
 def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -> str:
@@ -85,6 +86,8 @@ def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
     """(overrides, multirun, hydra_flag) of a command line."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     hydra_flag = any(a.split("=")[0] in _HYDRA_FLAGS for a in argv)
+    if multirun and (flag := next((a for a in argv if a.split("=")[0] in _ONE_RUN_FLAGS), None)):
+        raise UserError(f"{flag} with -m: Hydra shows one run's config at a time; drop -m, one value per key")
     overrides = [quote_if_needed(a) for a in argv if not a.startswith("-")]
     return overrides, multirun, hydra_flag
 
