@@ -147,5 +147,9 @@ def _report_errors(function, trainer: L.Trainer, *args: Any, **kwargs: Any) -> A
         for logger in trainer.loggers:
             logger.finalize("failed")
         if isinstance(exception, NonFiniteLoss):  # raised on every rank at once (check_finite all-reduces)
+            # The ranks end together: a rank that exited while another still held the process group was
+            # sometimes aborted in gloo's teardown ("terminate called without an active exception").
+            trainer.strategy.barrier("non-finite loss")
+            torch.distributed.destroy_process_group()
             return _Failed(exception)
         raise  # torch stops the other workers at once
