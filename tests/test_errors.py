@@ -69,6 +69,10 @@ TRAIN_CASES = {
     "unbalanced bracket, taken as a string": (["model.dropout=[0.1"], ["model.dropout='[0.1'", "a number"]),
     "no scheduler": (["scheduler._target_=nope.Nope"], ["scheduler._target_=nope.Nope", "cannot import"]),
     "unknown scheduler key": (["+scheduler.gamma=1"], ["scheduler.gamma", "WarmupCosine takes no argument"]),
+    "deleting a missing key": (
+        ["~model.dropuot"],
+        ["~model.dropuot", "did you mean model.dropout", "drop the"],
+    ),
     "a sweep's config shown": (["-m", "--info", "seed=1,2"], ["--info with -m", "drop -m"]),
 }
 

@@ -28,6 +28,10 @@ def compose_error_line(err: Exception, overrides: list[str], config_dir: Path) -
         value = _given(overrides, key) or "?"
         hint = _close_keys(key, config_dir, overrides)
         return f"{key}={value}: no such config key{hint}; to add a new key on purpose use +{key}={value}"
+    if m := re.search(r"Could not delete from config. '([^']+)' does not exist", text):
+        key = m.group(1)
+        hint = _close_keys(key, config_dir, overrides)
+        return f"~{key}: no such config key to delete{hint}; drop the override (see the keys with --cfg job)"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
         options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
