@@ -28,8 +28,8 @@ class Corpus:
 
     text: str
     name: str  # "tiny_world", "shakespeare", or the file's name
-    entropy_floor_bpc: float | None  # the best achievable loss, known for tiny_world only
     source: str  # a path, or how the text was generated
+    entropy_floor_bpc: float | None = None  # the best achievable loss, known for tiny_world only
     val_text: str | None = None  # a held-out text to validate on (data=inline); None: val is a slice of text
 
 
@@ -41,7 +41,7 @@ def inline_corpus(text: str | None, val_text: str | None) -> Corpus:
                 f"{key}={value!r}: data=inline needs a non-empty training text and a held-out text; "
                 'set data.text="..." and data.val_text="..."'
             )
-    return Corpus(text=text, name="inline", entropy_floor_bpc=None, source="data.text", val_text=val_text)
+    return Corpus(text=text, name="inline", source="data.text", val_text=val_text)
 
 
 def tiny_world_corpus(num_chars: int, seed: int) -> Corpus:
@@ -57,12 +57,7 @@ def tiny_world_corpus(num_chars: int, seed: int) -> Corpus:
 def text_file_corpus(path: str | os.PathLike, encoding: str = "utf-8") -> Corpus:
     """A corpus read from a local text file."""
     file = Path(path).expanduser()
-    return Corpus(
-        text=read_text_file(file, encoding),
-        name=file.name,
-        entropy_floor_bpc=None,
-        source=str(file.resolve()),
-    )
+    return Corpus(text=read_text_file(file, encoding), name=file.name, source=str(file.resolve()))
 
 
 def shakespeare_corpus(
@@ -74,7 +69,7 @@ def shakespeare_corpus(
     """Tiny Shakespeare from `path` if given, else from `cache_dir`, downloading it there the first time."""
     file = shakespeare_path(path, cache_dir, url, sha256)
     text = read_text_file(file, key="data.path" if path else "data.cache_dir")
-    return Corpus(text=text, name="shakespeare", entropy_floor_bpc=None, source=str(file.resolve()))
+    return Corpus(text=text, name="shakespeare", source=str(file.resolve()))
 
 
 def shakespeare_path(

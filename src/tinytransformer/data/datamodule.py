@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 
 from tinytransformer.data.batches import RandomWindowBatches, StridedEvalBatches
 from tinytransformer.data.config import DataConfig
@@ -27,8 +27,6 @@ def load_corpus(cfg: DataConfig, seed: int) -> Corpus:
     if cfg.corpus == "tiny_world":
         return tiny_world_corpus(cfg.num_chars, seed)
     if cfg.corpus == "text_file":
-        if not cfg.path:
-            raise UserError("data.path: not set; data=text_file needs data.path=<a UTF-8 text file>")
         return text_file_corpus(cfg.path, cfg.encoding)
     if cfg.corpus == "shakespeare":
         return shakespeare_corpus(cfg.path, cfg.cache_dir)
@@ -78,6 +76,8 @@ class TextDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return
         cfg = self.cfg
+        if cfg.corpus == "text_file" and not cfg.path:
+            raise UserError("data.path: not set; data=text_file needs data.path=<a UTF-8 text file>")
         tokens = self._cached_file_tokens() if self._uses_token_cache() else self._in_memory_tokens()
         if self.corpus.val_text is not None:  # data=inline: all of the text trains, another validates
             self.splits = {"train": tokens, "val": self._encode(self.corpus.val_text), "test": tokens[:0]}
@@ -97,8 +97,6 @@ class TextDataModule(L.LightningDataModule):
 
     def _cached_file_tokens(self) -> np.ndarray:
         cfg = self.cfg
-        if cfg.corpus == "text_file" and not cfg.path:
-            raise UserError("data.path: not set; data=text_file needs data.path=<a UTF-8 text file>")
         path = cfg.path if cfg.corpus == "text_file" else shakespeare_path(cfg.path, cfg.cache_dir)
         given = tokenizer_from_dict(self._tokenizer_state) if self._tokenizer_state else None
         tokens, self.tokenizer, sample = cached_char_tokens(
@@ -106,7 +104,7 @@ class TextDataModule(L.LightningDataModule):
         )
         name = "shakespeare" if cfg.corpus == "shakespeare" else Path(path).name
         # For files, `corpus.text` is the text's beginning: enough to score samples, never the whole file.
-        self.corpus = Corpus(text=sample, name=name, entropy_floor_bpc=None, source=str(Path(path).resolve()))
+        self.corpus = Corpus(text=sample, name=name, source=str(Path(path).resolve()))
         return tokens
 
     def _in_memory_tokens(self) -> np.ndarray:
@@ -116,7 +114,11 @@ class TextDataModule(L.LightningDataModule):
         text = self.corpus.text + (f" {self.corpus.val_text}" if self.corpus.val_text else "")
         if self._tokenizer_state is not None:
             self.tokenizer = tokenizer_from_dict(self._tokenizer_state)
-            self._check_vocabulary(text)
+            if unknown := self.tokenizer.unknown_chars(text):
+                raise UserError(
+                    f"data: the corpus has {len(unknown)} character(s) the checkpoint's vocabulary lacks "
+                    f"({''.join(unknown)[:20]!r}); evaluate a checkpoint on the data it was trained on"
+                )
         else:
             self.tokenizer = create_tokenizer(cfg.tokenizer, text, self.mask_token)
         return self._encode(self.corpus.text)
@@ -124,39 +126,24 @@ class TextDataModule(L.LightningDataModule):
     def _encode(self, text: str) -> np.ndarray:
         return self.tokenizer.encode_array(text).astype(token_dtype(self.tokenizer.vocab_size))
 
-    def _check_vocabulary(self, text: str) -> None:
-        unknown = self.tokenizer.unknown_chars(text)
-        if unknown:
-            raise UserError(
-                f"data: the corpus has {len(unknown)} character(s) the checkpoint's vocabulary lacks "
-                f"({''.join(unknown)[:20]!r}); evaluate a checkpoint on the data it was trained on"
-            )
-
     def tokens_per_step(self, trainer) -> int:
         """Tokens one optimizer step trains on, over all ranks."""
         per_batch = self.cfg.batch_size * self.cfg.block_size
         return per_batch * trainer.accumulate_grad_batches * trainer.world_size
 
     def train_dataloader(self) -> RandomWindowBatches:
-        trainer = self.trainer
+        trainer, cfg = self.trainer, self.cfg
         # A resumed run starts at the batch after the last one it trained on: each step trains on
         # accumulate_grad_batches of them, and last.ckpt is only written between steps.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
-        device = trainer.strategy.root_device if trainer is not None else "cpu"
-        tokens = self._device_tokens("train", device)
-        cfg = self.cfg
-        return RandomWindowBatches(
-            tokens, cfg.block_size, cfg.batch_size, self.seed, rank, start, cfg.overfit_batches
-        )
-
-    def _device_tokens(self, split: str, device: Any):
-        import torch
-
-        tokens = torch.from_numpy(np.ascontiguousarray(self.splits[split]))
-        if torch.device(device).type != "cpu" and tokens.dtype in (torch.uint16, torch.uint32):
+        device = torch.device(trainer.strategy.root_device if trainer is not None else "cpu")
+        tokens = torch.from_numpy(np.ascontiguousarray(self.splits["train"]))
+        if device.type != "cpu" and tokens.dtype in (torch.uint16, torch.uint32):
             tokens = tokens.to(torch.int32)  # indexing unsigned types beyond uint8 is a CPU-only certainty
-        return tokens.to(device)
+        return RandomWindowBatches(
+            tokens.to(device), cfg.block_size, cfg.batch_size, self.seed, rank, start, cfg.overfit_batches
+        )
 
     def eval_batches(
         self, split: str, max_chars: int | None, protocol: str = "strided"

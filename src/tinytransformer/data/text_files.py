@@ -33,7 +33,6 @@ class TextFile:
     path: Path
     encoding: str = "utf-8"
     key: str = "data.path"  # the option that names the file
-    encoding_key: str = "data.encoding"
 
     def __post_init__(self) -> None:
         self.path = Path(self.path).expanduser()
@@ -42,14 +41,9 @@ class TextFile:
         return UserError(f"{self.key}: '{self.path}' {problem}; {fix}")
 
 
-def read_text_file(
-    path: str | os.PathLike,
-    encoding: str = "utf-8",
-    key: str = "data.path",
-    encoding_key: str = "data.encoding",
-) -> str:
+def read_text_file(path: str | os.PathLike, encoding: str = "utf-8", key: str = "data.path") -> str:
     """The whole file's text, "\\r\\n" read as "\\n"; a UserError naming `key` if it is not usable text."""
-    return "".join(chunk_text(chunk) for chunk in text_chunks(TextFile(path, encoding, key, encoding_key)))
+    return "".join(chunk_text(chunk) for chunk in text_chunks(TextFile(path, encoding, key)))
 
 
 def chunk_text(chunk: bytes | str) -> str:
@@ -75,7 +69,7 @@ def check_file(file: TextFile) -> None:
         text_codec = False
     if not text_codec:
         raise UserError(
-            f"{file.encoding_key}: unknown encoding '{file.encoding}'; "
+            f"data.encoding: unknown encoding '{file.encoding}'; "
             "use a Python codec name such as utf-8 or latin-1"
         )
 
@@ -149,7 +143,7 @@ def _decode(file: TextFile, decoder: codecs.IncrementalDecoder, data: bytes, sta
     except UnicodeDecodeError as err:
         raise file.error(
             f"is not valid {file.encoding} at byte {start + err.start} (0x{err.object[err.start]:02x})",
-            f"is it a binary file? If the text uses another encoding, set {file.encoding_key}=latin-1",
+            "is it a binary file? If the text uses another encoding, set data.encoding=latin-1",
         ) from None
     _check_no_nul(file, text, start)
     return text
@@ -165,5 +159,5 @@ def _check_no_nul(file: TextFile, chunk: bytes | str, start: int) -> None:
         at = len(chunk[:at].encode(file.encoding)) - bom
     raise file.error(
         f"contains a NUL byte at byte {start + at}",
-        f"is it a binary file? If it is UTF-16 text, set {file.encoding_key}=utf-16",
+        "is it a binary file? If it is UTF-16 text, set data.encoding=utf-16",
     )

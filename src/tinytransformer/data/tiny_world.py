@@ -142,16 +142,14 @@ def _derivations(node: Node) -> list[tuple[str, float]]:
     return [(text, p * q) for p, option in node.options for text, q in _derivations(option)]
 
 
-def _sample(node: Node, rng: random.Random, out: list[str]) -> None:
+def _sample(node: Node, rng: random.Random) -> str:
     if isinstance(node, Literal):
-        out.append(node.text)
-    elif isinstance(node, Sequence):
-        for part in node.parts:
-            _sample(part, rng, out)
-    else:
-        # min() guards against a cumulative total a hair below 1.0 from rounding.
-        index = min(bisect.bisect_right(node.cumulative, rng.random()), len(node.options) - 1)
-        _sample(node.options[index][1], rng, out)
+        return node.text
+    if isinstance(node, Sequence):
+        return "".join(_sample(part, rng) for part in node.parts)
+    # min() guards against a cumulative total a hair below 1.0 from rounding.
+    index = min(bisect.bisect_right(node.cumulative, rng.random()), len(node.options) - 1)
+    return _sample(node.options[index][1], rng)
 
 
 def sentence_entropy_bits() -> float:
@@ -167,11 +165,6 @@ def expected_sentence_chars() -> float:
 def entropy_rate_bpc() -> float:
     """Entropy rate of generated text in bits per character: the best loss any model can reach."""
     return sentence_entropy_bits() / expected_sentence_chars()
-
-
-def count_derivations() -> int:
-    """Number of ways the grammar can derive a sentence (equals the number of sentences if unambiguous)."""
-    return len(_derivations(SENTENCE))
 
 
 @functools.cache
@@ -199,16 +192,12 @@ def is_grammatical(sentence: str) -> bool:
 
 def generate_text(num_chars: int, seed: int) -> str:
     """Independent sentences joined by spaces until at least `num_chars` chars; ends with a full sentence."""
-    rng = random.Random(seed)
-    pieces: list[str] = []
+    rng, sentences = random.Random(seed), []
     length = -len(SEPARATOR)  # the first sentence has no separator before it
     while length < num_chars:
-        if pieces:
-            pieces.append(SEPARATOR)
-        start = len(pieces)
-        _sample(SENTENCE, rng, pieces)
-        length += len(SEPARATOR) + sum(len(piece) for piece in pieces[start:])
-    return "".join(pieces)
+        sentences.append(_sample(SENTENCE, rng))
+        length += len(SEPARATOR) + len(sentences[-1])
+    return SEPARATOR.join(sentences)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -216,11 +205,6 @@ def split_sentences(text: str) -> list[str]:
     return [sentence.strip() for sentence in re.findall(r"[^.]*\.", text)]
 
 
-@functools.cache
-def _words() -> tuple[str, ...]:
-    return tuple(sorted({word for text in _sentence_table() for word in text.rstrip(".").split()}))
-
-
 def words() -> list[str]:
     """Sorted distinct words the grammar can produce, capitalised forms included, without the "."."""
-    return list(_words())
+    return sorted({word for text in _sentence_table() for word in text.rstrip(".").split()})

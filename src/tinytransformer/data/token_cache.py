@@ -111,10 +111,6 @@ def tokens_checks(tokens: np.ndarray) -> tuple[list[int], int]:
     return [crc for crc, _ in checks], max(top for _, top in checks)
 
 
-def _check_file(tokens_file: Path) -> Path:
-    return tokens_file.with_suffix(".json")
-
-
 def _read_record(file: Path) -> dict | None:
     """A cache file's JSON object; None if it is missing or is not one (torn, edited)."""
     try:
@@ -153,15 +149,15 @@ def _reusable(tokens_file: Path, dtype, num_chars: int, vocab_size: int) -> bool
         return True
     log.warning(f"token cache {tokens_file} {problem}; rebuilding it")
     tokens_file.unlink(missing_ok=True)
-    _check_file(tokens_file).unlink(missing_ok=True)
+    tokens_file.with_suffix(".json").unlink(missing_ok=True)
     return False
 
 
 def _tokens_problem(tokens_file: Path, dtype, num_chars: int, vocab_size: int) -> str | None:
-    recorded = _read_record(_check_file(tokens_file))
+    recorded = _read_record(tokens_file.with_suffix(".json"))
     if recorded is None:
         # Length and id range alone would pass wrong text that stays in range: rebuild (once) instead.
-        return f"has no readable check file {_check_file(tokens_file).name} (built by an older version?)"
+        return f"has no readable check file {tokens_file.stem}.json (built by an older version?)"
     size, expected = tokens_file.stat().st_size, num_chars * np.dtype(dtype).itemsize
     if size != expected:
         return f"is corrupt ({size:,} bytes, {expected:,} expected)"
@@ -182,17 +178,15 @@ def _write_tokens(file: TextFile, tokenizer, tokens_file: Path, num_chars: int, 
     try:
         with os.fdopen(handle, "wb") as out:
             for chunk in text_chunks(file):
-                ascii_ok = isinstance(chunk, bytes) and tokenizer.vocab_size < 255
-                ids = (
-                    tokenizer.encode_ascii(chunk)
-                    if ascii_ok
-                    else tokenizer.encode_codepoints(_codepoints(chunk))
-                )
+                if isinstance(chunk, bytes) and tokenizer.vocab_size < 255:
+                    ids = tokenizer.encode_ascii(chunk)
+                else:
+                    ids = tokenizer.encode_codepoints(_codepoints(chunk))
                 out.write(ids.astype(dtype, copy=False))
         if os.path.getsize(tmp) != num_chars * np.dtype(dtype).itemsize:
             raise file.error("changed while it was read", "run again once nothing writes to it")
         crcs, _ = tokens_checks(np.memmap(tmp, dtype=dtype, mode="r", shape=(num_chars,)))
-        write_json_atomic(_check_file(tokens_file), {"crc32": crcs})
+        write_json_atomic(tokens_file.with_suffix(".json"), {"crc32": crcs})
         os.replace(tmp, tokens_file)
     finally:
         if os.path.exists(tmp):
