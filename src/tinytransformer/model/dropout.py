@@ -52,17 +52,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep_mask(x.shape, p, x.dtype)
 
 
-class Dropout(nn.Module):
+class Dropout(nn.Dropout):
     """nn.Dropout with keep_mask's cheap masks on a CPU."""
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

@@ -109,15 +109,11 @@ class LanguageModel(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._random_per_batch:
-            torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, self.batch_index(batch_idx), 1))
-
-    def batch_index(self, batch_idx: int) -> int:
-        """The training batch's index in the run's batch stream (the datamodule draws batch i by i): an
-        optimizer step trains on `trainer.accumulate_grad_batches` of them, each with its own dropout."""
-        accumulate = self.trainer.accumulate_grad_batches
-        # batch_idx % accumulate: Lightning's own count of the micro-batch within the step (restored on resume)
-        return self.global_step * accumulate + batch_idx % accumulate
+        if self._random_per_batch:  # seeded by the batch's index in the run's stream (the datamodule's)
+            accumulate = self.trainer.accumulate_grad_batches
+            # batch_idx % accumulate: Lightning's count of the micro-batch within the step (restored on resume)
+            index = self.global_step * accumulate + batch_idx % accumulate
+            torch.manual_seed(mix_seed(self.hparams.seed, self.global_rank, index, 1))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -29,28 +29,19 @@ def parameter_groups(named_parameters: list[tuple[str, nn.Parameter]], weight_de
     ]
 
 
-def optimizer_class(spec: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """(The optimizer class of a conf/optimizer spec, its arguments), checked (specs.resolve)."""
-    return resolve(spec, "optimizer")
-
-
 def build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optimizer:
     """The optimizer a spec names (`_target_` and its arguments) over the model's trainable parameters.
 
-    What `_target_` is called with depends on the name of its first argument:
-    - `named_parameters`: the model's trainable (name, parameter) pairs, so that it can treat parameters
-      by role (embeddings, the output head, gains, hidden matrices) and decide its own groups and decay
-      (tests/extensions/hybrid_optim.py);
-    - any other (every torch.optim class): the parameters, in two groups when the spec has `weight_decay`,
-      so that only weight matrices are decayed (see parameter_groups).
-    A constructor that fails on some of the parameters and not on the others raises a UserError naming the
-    first (with its own error, which may also be about an argument that only those parameters use).
+    A class whose first argument is `named_parameters` gets the (name, parameter) pairs and decides its own
+    groups and decay (docs/extending.md); any other (every torch.optim class) gets the parameters, in
+    parameter_groups when the spec has `weight_decay`. A constructor that fails on some of the parameters
+    only raises a UserError naming the first.
     """
-    cls, arguments = optimizer_class(spec)
+    cls, arguments = resolve(spec, "optimizer")
     if "betas" in arguments:
         arguments["betas"] = tuple(arguments["betas"])  # a YAML list
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    by_name = takes_named_parameters(cls)
+    by_name = next(iter(inspect.signature(cls).parameters), None) == "named_parameters"
     weight_decay = None if by_name else arguments.pop("weight_decay", None)
 
     def given(pairs: list[tuple[str, nn.Parameter]]) -> list:
@@ -71,12 +62,6 @@ def build_optimizer(model: nn.Module, spec: dict[str, Any]) -> torch.optim.Optim
             f"{str(err).splitlines()[0]}; if it cannot take such a parameter, route it to another optimizer "
             "with a class whose first argument is named_parameters (see docs/extending.md)"
         ) from None
-
-
-def takes_named_parameters(cls: type) -> bool:
-    """Whether an optimizer's first argument is `named_parameters` (see build_optimizer)."""
-    first = next(iter(inspect.signature(cls).parameters), None)
-    return first == "named_parameters"
 
 
 def _refuses(cls: type, params: list, arguments: dict[str, Any]) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from tinytransformer.data.batches import mix_seed
@@ -29,13 +28,10 @@ class SampleGeneration(OptimizerStepCallback):
         temperature: float = 0.8,
         top_k: int | None = None,
         stop_at_quality: float | None = None,
-        print_samples: bool = True,
     ):
         self.every_n_steps, self.prompt, self.max_new_tokens = every_n_steps, prompt, max_new_tokens
-        self.temperature, self.top_k = temperature, top_k
-        self.stop_at_quality, self.print_samples = stop_at_quality, print_samples
+        self.temperature, self.top_k, self.stop_at_quality = temperature, top_k, stop_at_quality
         self.scorer: SampleScorer | None = None
-        self.last_scores: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
@@ -45,9 +41,17 @@ class SampleGeneration(OptimizerStepCallback):
         step = trainer.global_step
         if self.every_n_steps <= 0 or step % self.every_n_steps or not self.optimizer_stepped(trainer):
             return
-        text = self.sample(trainer, pl_module, step) if trainer.is_global_zero else ""
-        scores = self.scorer.score(text[len(self.prompt) :]) if trainer.is_global_zero else {}
-        self._log(trainer, step, text, scores)
+        scores = {}
+        if trainer.is_global_zero:
+            text = self.sample(trainer, pl_module, step)
+            scores = self.scorer.score(text[len(self.prompt) :])
+            rank_zero_info(f"\n[sample @ step {step}] {text!r}")
+            if trainer.logger is not None:
+                trainer.logger.log_metrics({f"sample/{k}": v for k, v in scores.items()}, step=step)
+                experiment = getattr(trainer.logger, "experiment", None)
+                if hasattr(experiment, "add_text"):
+                    # A code block keeps whitespace; TensorBoard's markdown would collapse it.
+                    experiment.add_text("samples", f"```\n{text}\n```", global_step=step)
         if self.stop_at_quality is not None:
             reached = trainer.strategy.broadcast(
                 scores.get(self.scorer.quality_key, 0.0) >= self.stop_at_quality
@@ -71,15 +75,3 @@ class SampleGeneration(OptimizerStepCallback):
             block_size=block_size,
         )
         return tokenizer.decode(out[0].tolist())
-
-    @rank_zero_only
-    def _log(self, trainer: L.Trainer, step: int, text: str, scores: dict[str, float]) -> None:
-        self.last_scores = scores
-        if self.print_samples:
-            rank_zero_info(f"\n[sample @ step {step}] {text!r}")
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"sample/{k}": v for k, v in scores.items()}, step=step)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                # A code block keeps whitespace; TensorBoard's markdown would collapse it.
-                experiment.add_text("samples", f"```\n{text}\n```", global_step=step)
