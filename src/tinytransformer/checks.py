@@ -39,31 +39,24 @@ class Check:
     whole: bool = False
 
 
-def _metadata(check: Check) -> dict[str, Check]:
-    return {"check": check}
-
-
 def at_least(low: float, note: str = "") -> dict[str, Check]:
-    return _metadata(Check(lambda v: v >= low, f">= {low}{note and ' ' + note}"))
+    return {"check": Check(lambda v: v >= low, f">= {low}{note and ' ' + note}")}
 
 
-def in_range(low: float, high: float, low_open: bool = False, high_open: bool = True) -> dict[str, Check]:
-    """low <= v < high by default; `low_open`/`high_open` say which bounds are excluded."""
-
-    def ok(v: float) -> bool:
-        return (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
-
-    return _metadata(Check(ok, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"))
+def in_range(low: float, high: float, low_open: bool = False) -> dict[str, Check]:
+    """low <= v < high; `low_open`: low < v."""
+    allowed = f"in {'(' if low_open else '['}{low}, {high})"
+    return {"check": Check(lambda v: (low < v if low_open else low <= v) and v < high, allowed)}
 
 
 def one_of(*choices: str, allowed: str | None = None) -> dict[str, Check]:
     """Compared as text, so that precision 32 is '32'."""
     text = " or ".join(repr(c) for c in choices) if len(choices) <= 2 else f"one of {', '.join(choices)}"
-    return _metadata(Check(lambda v: str(v) in choices, allowed or text, whole=True))
+    return {"check": Check(lambda v: str(v) in choices, allowed or text, whole=True)}
 
 
 def matches(pattern: str, allowed: str) -> dict[str, Check]:
-    return _metadata(Check(lambda v: re.fullmatch(pattern, v) is not None, allowed, whole=True))
+    return {"check": Check(lambda v: re.fullmatch(pattern, v) is not None, allowed, whole=True)}
 
 
 def not_allowed(key: str, value: Any, allowed: str) -> str:

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from tinytransformer.data.tokenizers import Tokenizer, tokenizer_from_dict
 from tinytransformer.errors import UserError
 from tinytransformer.model import build_model
 
@@ -69,12 +68,3 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     return model.to(device).eval()
-
-
-def tokenizer_from_checkpoint(ckpt: dict[str, Any]) -> Tokenizer:
-    return tokenizer_from_dict(ckpt["hyper_parameters"]["tokenizer"])
-
-
-def model_block_size(ckpt: dict[str, Any]) -> int:
-    """The context length the checkpoint's model was trained with."""
-    return int(ckpt["hyper_parameters"]["model"]["block_size"])

@@ -177,7 +177,10 @@ def _hydra_train(cfg) -> float | None:
     job = hc.job.num if multirun else None  # a single run has no job number
     rank_zero = launch.is_rank_zero()
     if not rank_zero:  # one train.log, rank 0's (SLURM starts every task with Hydra's log handlers)
-        _drop_file_handlers(logging.getLogger())
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
     ckpt = str(Path(cfg.resume) / "checkpoints" / LAST) if cfg.get("resume") else None
     if multirun and not ckpt and (last := runs.checkpoint_to_continue(output_dir)):
         ckpt = str(last)  # a requeued SLURM job or a re-run sweep: same run dir, continue where it stopped
@@ -263,14 +266,6 @@ def _write_failed(err: OSError, output_dir: Path, job: int | None, sweep_dir: Pa
         line += f"; the sweep stopped at job {job}"
     print(f"error: {line}", file=sys.stderr)
     sys.exit(EXIT_OS_ERROR)
-
-
-def _drop_file_handlers(logger) -> None:
-    import logging
-
-    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(handler)
-        handler.close()
 
 
 def hydra_train() -> None:

@@ -8,14 +8,10 @@ import torch
 from omegaconf import DictConfig
 
 from tinytransformer.checks import check_value
+from tinytransformer.data.tokenizers import tokenizer_from_dict
 from tinytransformer.errors import UserError
 from tinytransformer.model.generation import generate
-from tinytransformer.runtime.checkpoints import (
-    load_checkpoint,
-    model_block_size,
-    model_from_checkpoint,
-    tokenizer_from_checkpoint,
-)
+from tinytransformer.runtime.checkpoints import load_checkpoint, model_from_checkpoint
 from tinytransformer.training.metrics import LanguageModelMetrics
 
 _INT, _NUM = (int,), (int, float)
@@ -43,7 +39,7 @@ def _check_generation_args(cfg: DictConfig, vocab_size: int) -> None:
 def generate_samples(cfg: DictConfig) -> list[str]:
     """Samples continuing `cfg.prompt` from the checkpoint at `cfg.ckpt_path` (a run dir or a .ckpt)."""
     ckpt = load_checkpoint(cfg.ckpt_path)
-    tokenizer = tokenizer_from_checkpoint(ckpt)
+    tokenizer = tokenizer_from_dict(ckpt["hyper_parameters"]["tokenizer"])
     _check_generation_args(cfg, tokenizer.vocab_size)
     unknown = tokenizer.unknown_chars(cfg.prompt)
     if unknown:
@@ -66,7 +62,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
         cfg.top_p,
         generator,
         cfg.use_cache,
-        block_size=model_block_size(ckpt),
+        block_size=int(ckpt["hyper_parameters"]["model"]["block_size"]),
     )
     return [tokenizer.decode(row.tolist()) for row in out]
 

@@ -50,23 +50,17 @@ def relaunches_command(trainer: DictConfig) -> bool:
     return strategy == "auto" and several
 
 
-def uses_slurm(cfg: DictConfig) -> bool:
-    target = OmegaConf.select(cfg, "hydra.launcher._target_", default="") or ""
-    return target.endswith("SlurmLauncher")
-
-
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
     """Refuse launch settings that cannot work, before any run dir is made."""
-    slurm = uses_slurm(cfg)
+    slurm = (OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "").endswith("SlurmLauncher")
     if slurm and not multirun:
         raise UserError("hydra/launcher=slurm submits jobs only under -m (multirun): add -m to the command")
-    if slurm:
-        devices = cfg.trainer.devices
-        if not isinstance(devices, int) or devices < 1:
-            raise UserError(
-                f"trainer.devices={devices}: under hydra/launcher=slurm it is the number of GPUs (and tasks) "
-                "per node; set trainer.devices=<N>"
-            )
+    devices = cfg.trainer.devices
+    if slurm and not (isinstance(devices, int) and devices >= 1):
+        raise UserError(
+            f"trainer.devices={devices}: under hydra/launcher=slurm it is the number of GPUs (and tasks) "
+            "per node; set trainer.devices=<N>"
+        )
     if multirun and not slurm and not under_torchrun() and relaunches_command(cfg.trainer):
         raise UserError(
             f"trainer.strategy={cfg.trainer.get('strategy', 'auto')} with -m: Lightning starts the other "

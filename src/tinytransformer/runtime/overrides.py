@@ -96,29 +96,19 @@ def parse_args(argv: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, hydra_flag
 
 
-def quoted_override(override: str) -> str | None:
-    """`key='value'`, quoted and escaped as Hydra's grammar wants; None if `override` has no value."""
-    key, sep, value = override.partition("=")
-    return f"{key}={quoted(value)}" if sep and value else None
-
-
 def quote_if_needed(override: str) -> str:
     """An override as given if Hydra parses it, else quoted when that parses (e.g. `prompt=привет`: Hydra's
     lexer takes non-ASCII letters only inside quotes); otherwise as given, for the error to name it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    try:
-        parser.parse_override(override)
-        return override
-    except Exception:
-        quoted = quoted_override(override)
-    try:
-        if quoted is not None:
-            parser.parse_override(quoted)
-            return quoted
-    except Exception:
-        pass
+    key, sep, value = override.partition("=")
+    for candidate in [override, f"{key}={quoted(value)}"] if sep and value else [override]:
+        try:
+            parser.parse_override(candidate)
+            return candidate
+        except Exception:
+            pass
     return override
 
 

@@ -20,13 +20,9 @@ def auto_precision(accelerator: str) -> str:
     """
     if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if _cpu_computes_bf16() else "32-true"
-
-
-def _cpu_computes_bf16() -> bool:
-    """AMX tiles or AVX512-BF16, by torch's own CPU feature checks (without them bf16 is emulated, slower)."""
+    # AMX tiles or AVX512-BF16, by torch's own CPU feature checks (without them bf16 is emulated, slower).
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return "bf16-mixed" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "32-true"
 
 
 def resolve_precision(cfg: DictConfig) -> None:

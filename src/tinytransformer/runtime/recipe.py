@@ -117,7 +117,7 @@ def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | Non
     model_cfg.update(vocab_size=dm.tokenizer.vocab_size, block_size=cfg.data.block_size)
     optimizer = to_plain(cfg.optimizer)
     if optimizer.get("fused"):
-        optimizer["fused"] = _fused_supported(cfg.trainer.accelerator)
+        optimizer["fused"] = cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "auto")
     schedule = scheduler_spec(to_plain(cfg.scheduler))
     on_resume = cfg.scheduler.get("on_resume", "keep")  # how a resumed run treats the schedule
     return LanguageModel(
@@ -142,10 +142,6 @@ def resumed_schedule(ckpt: dict[str, Any], planned: dict[str, Any], on_resume: s
     if is_rank_zero():
         log.info(line)
     return schedule
-
-
-def _fused_supported(accelerator: str) -> bool:
-    return accelerator in ("cpu", "gpu", "cuda", "auto")
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

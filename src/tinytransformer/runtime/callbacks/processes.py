@@ -25,19 +25,14 @@ def log_lightning_via_root() -> None:
         logging.getLogger(name).propagate = True
 
 
-class _DropAdverts(logging.Filter):
+def _drop_adverts(record: logging.LogRecord) -> bool:
     """Lightning prints product tips on every run; they are not about the user's run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
-_DROP_ADVERTS = _DropAdverts()
+    return "Tip:" not in str(record.msg)
 
 
 def quiet_lightning_notices() -> None:
     """Leave out what Lightning prints that is not about the user's run, in this process (every rank's)."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERTS)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_adverts)
     # Lightning 2.6 calls a torch API that torch 2.13 deprecates, once per run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Under DDP, Lightning asks for sync_dist on every epoch-level value; these are the same on every rank

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from tinytransformer.runtime.callbacks.throughput import Throughput
 from tinytransformer.runtime.runs import FAILED, INTERRUPTED, RUNNING
 from tinytransformer.training.callbacks.resume import RunInterrupted
 
-LN2 = math.log(2)
 # One job's speed: a resumed job starts without the checkpoint's, and records its own at its end or fault.
 SPEED_KEYS = (
     "wall_s",
