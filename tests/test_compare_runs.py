@@ -268,6 +268,8 @@ def test_finished_running_stopped_killed_and_failed_runs_are_told_apart(tmp_path
         tmp_path, 3, ["seed=4"], metrics=results(1.0, status="interrupted", stop_reason="SIGTERM")
     )
     make_job(tmp_path, 4, ["seed=5"], failed="No space left on device")
+    torn = make_job(tmp_path, 5, ["seed=6"])
+    (torn / "metrics.json").write_text("\x00\x00")  # zeroed by a crash, as some file systems leave it
     holder = hold_lock(running)
     try:
         text = compare(tmp_path)
@@ -285,7 +287,10 @@ def test_finished_running_stopped_killed_and_failed_runs_are_told_apart(tmp_path
         "- 3_seed=4: stopped by SIGTERM (its last validation was at step 400); resume with: python "
         f"scripts/train.py resume={stopped}",
         "- 4_seed=5: failed: No space left on device",
+        "- 5_seed=6: failed: unreadable results file: Expecting value: line 1 column 1 (char 0)",
     ]
+    with (tmp_path / "comparison.csv").open(newline="") as file:
+        assert [row["status"] for row in csv.DictReader(file)][-1] == "failed"
     # The holder is gone (killed): the kernel dropped its lock, so the same run now reads as killed.
     assert "- 1_seed=2: killed: no process holds it" in compare(tmp_path)
 

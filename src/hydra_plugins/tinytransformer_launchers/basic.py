@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
-from hydra_plugins.tinytransformer_launchers.resumable import skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import register_launcher, skipped_job
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +21,7 @@ class ResumableBasicLauncherConf:
     skip_failed: bool = False  # true: a job whose dir has failed.json is not run again either
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher",
-    name="resumable_basic",
-    node=ResumableBasicLauncherConf,
-    provider="tinytransformer",
-)
+register_launcher("resumable_basic", ResumableBasicLauncherConf)
 
 
 class ResumableBasicLauncher(BasicLauncher):

@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict, read_write
 
-from hydra_plugins.tinytransformer_launchers.resumable import job_dir, skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import job_dir, register_launcher, skipped_job
 from hydra_plugins.tinytransformer_launchers.workers import Job, Worker
 from tinytransformer.errors import UserError, exit_on_user_error
 
@@ -44,12 +43,7 @@ class ResumableParallelLauncherConf:
     skip_failed: bool = False  # true: a job whose dir has failed.json is not run again either
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher",
-    name="resumable_parallel",
-    node=ResumableParallelLauncherConf,
-    provider="tinytransformer",
-)
+register_launcher("resumable_parallel", ResumableParallelLauncherConf)
 
 
 class ResumableParallelLauncher(Launcher):

@@ -5,11 +5,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig
 
 from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS
+
+
+def register_launcher(name: str, node: type) -> None:
+    """`hydra/launcher=<name>`, configured by the dataclass `node`."""
+    ConfigStore.instance().store(group="hydra/launcher", name=name, node=node, provider="tinytransformer")
 
 
 @dataclass

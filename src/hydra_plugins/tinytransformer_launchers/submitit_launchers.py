@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import open_dict
 
-from hydra_plugins.tinytransformer_launchers.resumable import skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import register_launcher, skipped_job
 
 log = logging.getLogger(__name__)
 MODULE = "hydra_plugins.tinytransformer_launchers.submitit_launchers"
@@ -31,18 +30,8 @@ class ResumableSlurmConf(SlurmQueueConf):
     skip_failed: bool = False
 
 
-ConfigStore.instance().store(
-    group="hydra/launcher",
-    name="resumable_submitit_local",
-    node=ResumableLocalConf,
-    provider="tinytransformer",
-)
-ConfigStore.instance().store(
-    group="hydra/launcher",
-    name="resumable_submitit_slurm",
-    node=ResumableSlurmConf,
-    provider="tinytransformer",
-)
+register_launcher("resumable_submitit_local", ResumableLocalConf)
+register_launcher("resumable_submitit_slurm", ResumableSlurmConf)
 
 
 class ResumableSubmititLauncher(BaseSubmititLauncher):

@@ -253,7 +253,7 @@ def compare(
 
     `baseline` names the setting the others are tested against; None takes a seed sweep's own, else
     choose_baseline's default. `metric` (a key of METRICS) is what is compared: a seed sweep's own, else the
-    best val loss. `delta` replaces the rule's equivalence margin (verdicts.DELTA, or the seed sweep's).
+    best val loss. `delta` replaces the rule's equivalence margin (significance.DELTA, or the seed sweep's).
     """
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -6,9 +6,10 @@ import csv
 import io
 import math
 import statistics
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from tinytransformer.comparison.significance import Comparison, Rule, as_json
+from tinytransformer.comparison.significance import Comparison, Rule
 
 if TYPE_CHECKING:
     from tinytransformer.comparison.compare import RunRecord, SettingGroup
@@ -74,7 +75,7 @@ def summary(
             "runs": [r.name for r in g.runs],
             "seeds": [r.seed for r in g.runs],
             **{key: _mean_sd(g.values(key)) for key in _SUMMARIZED},
-            "vs_baseline": as_json(versus[g.label]),
+            "vs_baseline": None if versus[g.label] is None else asdict(versus[g.label]),  # null: the baseline
         }
         for rank, g in enumerate(groups, start=1)
     ]

@@ -86,7 +86,7 @@ def load_run(run_dir: Path, name: str | None = None) -> RunRecord:
     try:
         metrics, failed = _read_json(run_dir / METRICS), _read_json(run_dir / FAILED_FILE)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return RunRecord(name, run_dir, setting, seed, None, f"unreadable results file: {err}")
+        return RunRecord(name, run_dir, setting, seed, None, f"unreadable results file: {err}", FAILED)
     failure = str(failed.get("reason", "unknown")) if failed is not None else None
     stop_reason = str((metrics or {}).get("stop_reason", ""))
     if failure is None and stop_reason.startswith("non_finite"):

@@ -158,20 +158,3 @@ def comparison_cells(comparison: Comparison | None, max_seeds: int) -> list[str]
     delta = f"{c.diff:+.4f}" + (f" [{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]" if c.ci is not None else "")
     p = "n/a" if c.p is None else "<0.001" if c.p < 0.001 else f"{c.p:.3f}"
     return [delta, p, c.test or "n/a", verdict_cell(c, max_seeds)]
-
-
-def as_json(comparison: Comparison | None) -> dict | None:
-    """comparison.json's `vs_baseline`: null for the baseline itself."""
-    if comparison is None:
-        return None
-    c = comparison
-    ci = list(c.ci) if c.ci is not None else None
-    return {
-        "diff": c.diff,
-        "ci": ci,
-        "alpha": c.alpha,
-        "p": c.p,
-        "test": c.test,
-        "verdict": c.verdict,
-        "seeds_needed": c.seeds_needed,
-    }
