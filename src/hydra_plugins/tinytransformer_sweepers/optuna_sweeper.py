@@ -3,6 +3,7 @@
 import logging
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,37 +109,28 @@ class OptunaSweeper(Sweeper):
 
         chosen = [f"{name}={suggest(trial, name, d)}" for name, d in space.items()]
         tid = trial_id(storage, study.study_name, trial.number)
-        state, value, attrs = optuna.trial.TrialState.FAIL, None, {}  # unless the job says otherwise
+        state, value = optuna.trial.TrialState.FAIL, None  # unless the job says otherwise
         try:
-            with Heartbeat(storage, tid, self.settings.heartbeat_interval):
+            with heartbeat(storage, tid, self.settings.heartbeat_interval):
                 (job,) = self.launcher.launch([[*fixed, *chosen]], initial_job_idx=trial.number)
-            attrs = storage.get_trial(tid).user_attrs
-            state, value = outcome(job, attrs)
+            state, value, line = outcome(job, storage.get_trial(tid).user_attrs)
         finally:  # a job stopped by a signal ends its trial too: FAIL, not a stale RUNNING trial
             study.tell(trial, value, state=state)
-        log.info(
-            f"trial {trial.number}: {result_line(state.name, value, attrs)}; study best: {best_line(study)}"
-        )
+        log.info(f"trial {trial.number}: {line}; study best: {best_line(study)}")
 
 
 def outcome(job: JobReturn, user_attrs: dict[str, Any]):
-    """(state, value to tell) of a finished job: a failed job (or None returned) FAIL, a pruned one PRUNED."""
+    """(state, value to tell, a line saying it) of a finished job: a failed job (or None returned) FAIL, a
+    pruned one PRUNED."""
     import optuna
 
     State = optuna.trial.TrialState
     if job.status != JobStatus.COMPLETED or job.return_value is None:
-        return State.FAIL, None
-    if PRUNED_AT in user_attrs:
-        return State.PRUNED, None  # Optuna records its last reported val loss
-    return State.COMPLETE, float(job.return_value)
-
-
-def result_line(state: str, value: float | None, user_attrs: dict[str, Any]) -> str:
-    if state == "COMPLETE":
-        return f"best val loss {value:.4f}"
-    if state == "PRUNED":
-        return f"pruned at step {user_attrs[PRUNED_AT]}"
-    return "failed (its run dir has failed.json)"
+        return State.FAIL, None, "failed (its run dir has failed.json)"
+    if PRUNED_AT in user_attrs:  # Optuna records its last reported val loss
+        return State.PRUNED, None, f"pruned at step {user_attrs[PRUNED_AT]}"
+    value = float(job.return_value)
+    return State.COMPLETE, value, f"best val loss {value:.4f}"
 
 
 def best_line(study) -> str:
@@ -171,27 +163,23 @@ def write_results(study, path: Path) -> None:
     log.info(f"best trial {best.number}: {best.value:.4f} with {best.params}; wrote {path}")
 
 
-class Heartbeat:
+@contextmanager
+def heartbeat(storage, trial_id: int, interval: int):
     """While a trial runs, its heartbeat in the study says this process is alive (optuna's RDB heartbeat)."""
+    stop = threading.Event()
 
-    def __init__(self, storage, trial_id: int, interval: int) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True)
+    def beat() -> None:
+        storage.record_heartbeat(trial_id)
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial_id)
 
-    def _beat(self) -> None:
-        while True:
-            self.storage.record_heartbeat(self.trial_id)
-            if self.stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> "Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: BaseException | None) -> None:
-        self.stop.set()
-        self.thread.join()
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _quiet(call, *args: Any, **kwargs: Any):
