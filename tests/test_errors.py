@@ -4,6 +4,7 @@ no traceback; and every file that existed before keeps its bytes."""
 import hashlib
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,13 +135,17 @@ def test_a_new_run_never_writes_into_an_existing_run_dir(workspace):
 
 def test_resume_with_data_the_checkpoint_vocabulary_lacks_is_refused(workspace):
     root, run_dir, files = workspace
+    failed = run_dir / "failed.json"
+    failed.write_text('{"reason": "disk full"}')  # a failed run: a refused resume must leave it failed
     before = snapshot(root)
     log_before = (run_dir / "train.log").read_text()
     result = run_cli(
         "train.py", f"resume={run_dir}", "data.corpus=text_file", f"data.path={files / 'other.txt'}"
     )
-    assert_one_line_error(result, "vocabulary")
     after = snapshot(root)
+    failed.unlink(missing_ok=True)  # the workspace's run is shared with other tests
+    assert_one_line_error(result, "vocabulary")
+    assert after.get(str(failed)) == before[str(failed)]  # still failed, as it was
     log = str(run_dir / "train.log")
     assert {k: v for k, v in after.items() if k in before and k != log} == {
         k: v for k, v in before.items() if k != log
@@ -148,7 +153,6 @@ def test_resume_with_data_the_checkpoint_vocabulary_lacks_is_refused(workspace):
     assert (
         (run_dir / "train.log").read_text().startswith(log_before)
     )  # the log was appended to, not rewritten
-    assert not (run_dir / "failed.json").exists()
 
 
 GENERATE_CASES = {
@@ -166,6 +170,11 @@ GENERATE_CASES = {
     "top_p zero": (["ckpt_path={run}", "top_p=0"], ["top_p=0", "(0, 1]"]),
     "top_p above one": (["ckpt_path={run}", "top_p=1.5"], ["top_p=1.5", "(0, 1]"]),
     "no checkpoint given": ([], ["ckpt_path", "required"]),
+    "a number for a prompt": (
+        ["ckpt_path={run}", "prompt=1984"],
+        ["prompt=1984 is not text", "prompt=\"'1984'\""],
+    ),
+    "no such device": (["ckpt_path={run}", "device=gpu"], ["device='gpu'", "no such device", "device=cpu"]),
 }
 
 
@@ -179,9 +188,20 @@ def test_bad_generation_input_is_one_line(workspace, case):
     assert snapshot(root) == before
 
 
-def test_evaluate_refuses_a_truncated_checkpoint(workspace):
-    _, _, files = workspace
+def test_evaluate_refuses_a_truncated_checkpoint_and_a_device_it_has_not(workspace):
+    _, run_dir, files = workspace
     assert_one_line_error(run_cli("evaluate.py", f"ckpt_path={files / 'truncated.ckpt'}"), "truncated.ckpt")
+    assert_one_line_error(run_cli("evaluate.py", f"ckpt_path={run_dir}", "device=cuda:7"), "device='cuda:7'")
+
+
+def test_resuming_a_run_whose_saved_config_is_unreadable_is_one_line(workspace, tmp_path):
+    _, run_dir, _ = workspace
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("run.lock"))
+    (copy / ".hydra" / "config.yaml").write_bytes(b"\x00\xff{[")
+    before = snapshot(copy)
+    assert_one_line_error(run_cli("train.py", f"resume={copy}"), f"resume={copy}", "cannot be read")
+    assert snapshot(copy) == before
 
 
 class _CreatesFile:

@@ -6,6 +6,7 @@ import random
 import re
 
 import pytest
+import yaml
 from tests.conftest import TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
 
@@ -97,8 +98,7 @@ def seed_sweep(tmp_path, max_seeds: int):
         "-m",
         *QUICK,
         "hydra/sweeper=seeds",
-        "optimizer.weight_decay=0,0.0,0.5",
-        "hydra.sweeper.baseline=optimizer.weight_decay=0",
+        "optimizer.weight_decay=0,0.0,0.5",  # no baseline given: the grid's first
         *("hydra.sweeper.start_seeds=2", "hydra.sweeper.add_seeds=1", f"hydra.sweeper.max_seeds={max_seeds}"),
         # Nothing but identical runs decides: every other setting goes on.
         *("hydra.sweeper.alpha=1e-6", "hydra.sweeper.delta=1e-9"),
@@ -124,6 +124,9 @@ def test_a_seed_sweep_adds_seeds_to_the_undecided_skips_what_is_done_and_continu
     assert "round 1: 6 jobs" in log and "round 2: 2 jobs" in log and "round 3" not in log
     assert "optimizer.weight_decay=0.0: equivalent (2 seeds)" in log
     assert "optimizer.weight_decay=0.5: undecided: > 3 seeds (3 seeds)" in log
+    sweeper = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["sweeper"]
+    assert sweeper["baseline"] == "optimizer.weight_decay=0"  # recorded: compare_runs judges against it too
+    assert "baseline: weight_decay=0 (" in compare(sweep_dir)
     first = run_names(sweep_dir)
     assert len(first) == 8 and "7_weight_decay=0,seed=3" in first
     rows = {row[0]: row for row in table_rows(compare(sweep_dir))}

@@ -24,6 +24,12 @@ BASELINE = [("1", 1.3), ("2", 1.4), ("3", 1.2)]
 SETTING = [("1", 1.0), ("2", 1.2), ("3", 1.1)]  # per seed: -0.3, -0.2, -0.1 against the baseline
 
 
+def test_a_side_whose_runs_all_failed_is_not_applicable_not_a_crash():
+    for runs, base, why in (([], BASELINE, "n/a: no runs"), (SETTING, [], "n/a: no baseline runs")):
+        compared = against_baseline(runs, base)
+        assert compared.verdict == why and math.isnan(compared.diff) and compared.ci is None
+
+
 def test_paired_test_is_the_t_interval_of_the_per_seed_differences():
     compared = against_baseline(SETTING, BASELINE)
     se = 0.1 / math.sqrt(3)  # the differences' sd over sqrt(n)
@@ -178,11 +184,14 @@ def test_the_baseline_key_names_a_setting_by_its_label_or_its_overrides(dropout_
         "model.dropout=0",
         "dropout=0.2,weight_decay=0.1",
         "dropout=0.2, weight_decay=0.1",
+        "weight_decay=0.1,dropout=0.2",  # in any order
     ):
         (baseline,) = [
             row[0] for row in table_rows(compare(dropout_sweep, baseline=name)) if row[8] == "baseline"
         ]
-        assert baseline.replace(" ", "") == name.removeprefix("model.").replace(" ", "")
+        assert set(baseline.replace(" ", "").split(",")) == set(
+            name.removeprefix("model.").replace(" ", "").split(",")
+        )
 
 
 def test_a_baseline_no_setting_has_is_one_line_listing_the_settings(dropout_sweep, capsys):
@@ -243,3 +252,19 @@ def test_an_optuna_sweep_is_ranked_by_best_val_loss_its_objective(tmp_path):
         (1, "dropout=0.2"),
         (2, "dropout=0.3"),
     ]
+
+
+def test_a_study_compared_on_a_metric_its_runs_lack_names_it_and_writes_strict_json(tmp_path):
+    for num, (dropout, best) in enumerate([(0.1, 1.2), (0.2, 1.0), (0.3, 1.1)]):
+        make_job(tmp_path, num, [f"model.dropout={dropout}"], metrics=results(best))
+    (tmp_path / "optimization_results.yaml").write_text("name: optuna\nbest_value: 1.0\n")
+    text = compare(tmp_path, metric="test_loss")  # no run has a test split
+    assert "rank: by test loss at the best checkpoint (the Optuna study (optimization_results.yaml)" in text
+
+    def not_json(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    summary = json.loads((tmp_path / "comparison.json").read_text(), parse_constant=not_json)
+    assert summary["ranked_by"] == "test_loss"
+    compared = [s["vs_baseline"] for s in summary["settings"] if s["vs_baseline"] is not None]
+    assert len(compared) == 2 and all(c["diff"] is None and c["verdict"].startswith("n/a") for c in compared)

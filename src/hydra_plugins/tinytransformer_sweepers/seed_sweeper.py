@@ -11,6 +11,7 @@ Rounds are a pure function of the jobs' results, which are exact: a killed sweep
 the same decisions. Run again with a larger max_seeds, it goes on where it stopped.
 """
 
+import copy
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from tinytransformer.comparison.compare import METRICS
 from tinytransformer.comparison.records import find_runs, split_overrides
@@ -72,9 +73,10 @@ class SeedSweeper(Sweeper):
         baseline = baseline_setting(names, s.baseline)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config).encode()
-        )  # compare_runs reads it
+        recorded = copy.deepcopy(self.config)  # compare_runs reads it, and judges against this baseline
+        with read_write(recorded):  # (a grid of one setting has nothing to name it by)
+            recorded.hydra.sweeper.baseline = names[baseline] if len(names) > 1 else None
+        write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(recorded).encode())
         results: Results = {setting: {} for setting in settings}
         job_num, round_num = 0, 0
         while plan := next_seeds(results, baseline, rule):

@@ -117,10 +117,13 @@ def choose_baseline(groups: list[SettingGroup], name: str | None) -> SettingGrou
     if name is None:
         nones = (g for g in groups if all(o.partition("=")[2] == "none" for o in g.setting))
         return next(nones, groups[0] if groups else None)
-    # Spaces aside: `a=1,b=2` names the setting `a=1, b=2`, and so does its full overrides' spelling.
-    wanted = re.sub(r"\s", "", name)
+
+    # Spaces and order aside: `b=2,a=1` names the setting `a=1, b=2`, and so does its full overrides' spelling.
+    def parts(spelling: str) -> set[str]:
+        return set(re.sub(r"\s", "", spelling).split(","))
+
     for g in groups:
-        if wanted in (re.sub(r"\s", "", g.label), re.sub(r"\s", "", ",".join(g.setting))):
+        if parts(name) in (parts(g.label), parts(",".join(g.setting))):
             return g
     settings = "; ".join(g.label for g in groups) or "none (no finished runs)"
     raise UserError(f"baseline={name}: no setting of that name; the settings are: {settings}")
@@ -160,12 +163,14 @@ def sweep_rule(root: Path) -> tuple[Rule, dict[str, str]]:
     return rule, {key: str(sweeper[key]) for key in ("baseline", "metric") if sweeper.get(key) is not None}
 
 
-def rank_note(root: Path) -> str | None:
+def rank_note(root: Path, metric: str) -> str | None:
     """The line saying what the rank column ranks by, for an Optuna study's sweep dir; None elsewhere."""
     # Only a study: a sweep of one seed per setting (experiment=regularization seed=1) still has a baseline.
-    if (root / STUDY).is_file():
+    if not (root / STUDY).is_file():
+        return None
+    if metric == "best_val_loss":
         return f"rank: by best val loss, the objective the Optuna study ({STUDY}) minimizes"
-    return None
+    return f"rank: by {METRICS[metric]} (the Optuna study ({STUDY}) minimizes the best val loss)"
 
 
 def markdown_table(
@@ -270,7 +275,7 @@ def compare(
     shared = drop_shared_overrides(runs)
     groups = group_by_setting(runs, metric)
     versus = versus_baseline(groups, choose_baseline(groups, baseline or own.get("baseline")), metric, rule)
-    ranked_by = rank_note(root)
+    ranked_by = rank_note(root, metric)
     text = report(runs, groups, shared, versus, ranked_by, metric, rule)
     labels = setting_labels(runs)
     rows = [run_row(run, labels[run.setting]) for run in runs]

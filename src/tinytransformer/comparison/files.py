@@ -75,7 +75,7 @@ def summary(
             "runs": [r.name for r in g.runs],
             "seeds": [r.seed for r in g.runs],
             **{key: _mean_sd(g.values(key)) for key in _SUMMARIZED},
-            "vs_baseline": None if versus[g.label] is None else asdict(versus[g.label]),  # null: the baseline
+            "vs_baseline": None if versus[g.label] is None else _json_safe(asdict(versus[g.label])),
         }
         for rank, g in enumerate(groups, start=1)
     ]
@@ -85,7 +85,7 @@ def summary(
         "metric": metric,
         "rule": {"alpha": rule.alpha, "delta": rule.delta, "max_seeds": rule.max_seeds}
         | ({"seed_looks": list(rule.schedule())} if rule.start_seeds is not None else {}),
-        "ranked_by": "best_val_loss" if ranked else None,
+        "ranked_by": metric if ranked else None,
         "shared_overrides": list(shared),
         "settings": settings,
         "runs": [_json_safe(row) for row in rows],

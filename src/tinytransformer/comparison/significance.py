@@ -114,6 +114,10 @@ def against_baseline(runs: Sample, baseline: Sample, rule: Rule | None = None) -
     The CI's level is the rule's for this many seeds; so is the verdict."""
     rule = rule or Rule()
     values, base = [v for _, v in runs], [v for _, v in baseline]
+    if not values or not base:  # every run of a side failed
+        return Comparison(
+            math.nan, None, None, None, "n/a: no runs" if not values else "n/a: no baseline runs"
+        )
     if len(values) < 2 or len(base) < 2:
         why = "1 run" if len(values) < 2 else "1 baseline run"
         return Comparison(statistics.mean(values) - statistics.mean(base), None, None, None, f"n/a: {why}")

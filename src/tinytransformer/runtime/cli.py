@@ -190,9 +190,7 @@ def _hydra_train(cfg) -> float | None:
     try:
         if rank_zero:
             runs.lock_run_dir(output_dir)  # a sweep job's own dir (a single run's was locked before Hydra)
-            if ckpt:
-                runs.clear_failure(output_dir)
-            elif multirun and (earlier := runs.start_over(output_dir)):  # a re-run of the sweep
+            if not ckpt and multirun and (earlier := runs.start_over(output_dir)):  # a re-run of the sweep
                 log.info(
                     f"job {hc.job.num}: starting {output_dir} over (no {LAST}): removed {', '.join(earlier)}"
                 )

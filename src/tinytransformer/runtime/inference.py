@@ -17,6 +17,22 @@ from tinytransformer.training.metrics import LanguageModelMetrics
 _INT, _NUM = (int,), (int, float)
 
 
+def check_device(device: object) -> None:
+    """A UserError unless `device` names a device torch has here (cpu, cuda, cuda:N, mps)."""
+    try:
+        dev = torch.device(device)
+        usable = dev.type == "cpu" or (
+            getattr(torch, dev.type).is_available()
+            and (dev.index or 0) < getattr(torch, dev.type).device_count()
+        )
+    except (RuntimeError, TypeError, AttributeError):
+        usable = False
+    if not usable:
+        raise UserError(
+            f"device={device!r}: no such device on this machine; use device=cpu, or cuda where a GPU is"
+        )
+
+
 def _check_generation_args(cfg: DictConfig, vocab_size: int) -> None:
     check_value("max_new_tokens", cfg.max_new_tokens, _INT, lambda v: v >= 0, "an integer >= 0")
     check_value("temperature", cfg.temperature, _NUM, lambda v: v >= 0, "a number >= 0 (0 = greedy)")
@@ -32,8 +48,10 @@ def _check_generation_args(cfg: DictConfig, vocab_size: int) -> None:
         )
     if cfg.top_p is not None:
         check_value("top_p", cfg.top_p, _NUM, lambda v: 0 < v <= 1, "a number in (0, 1] or null")
-    if not isinstance(cfg.prompt, str) or cfg.prompt == "":
+    if cfg.prompt is None or cfg.prompt == "":
         raise UserError(f'prompt={cfg.prompt!r} is empty; give at least one character, e.g. prompt="The cat"')
+    if not isinstance(cfg.prompt, str):  # Hydra types prompt=1984 as a number
+        raise UserError(f"prompt={cfg.prompt!r} is not text; quote it: prompt=\"'{cfg.prompt}'\"")
 
 
 def generate_samples(cfg: DictConfig) -> list[str]:
@@ -41,6 +59,7 @@ def generate_samples(cfg: DictConfig) -> list[str]:
     ckpt = load_checkpoint(cfg.ckpt_path)
     tokenizer = tokenizer_from_dict(ckpt["hyper_parameters"]["tokenizer"])
     _check_generation_args(cfg, tokenizer.vocab_size)
+    check_device(cfg.device)
     unknown = tokenizer.unknown_chars(cfg.prompt)
     if unknown:
         raise UserError(
@@ -72,6 +91,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Loss, bits/char, perplexity and accuracy of a checkpoint on its run's val/test splits."""
     from tinytransformer.data.datamodule import DataConfig, TextDataModule  # loads Lightning: only here
 
+    check_device(cfg.device)
     ckpt = load_checkpoint(cfg.ckpt_path)
     hp = ckpt["hyper_parameters"]
     if not hp.get("data"):

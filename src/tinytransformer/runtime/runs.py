@@ -58,7 +58,15 @@ def check_layout(run_dir: Path, key: str, new: str = "a new run") -> None:
     """A UserError for a run dir written by a version of tinytransformer whose layout this one does not read
     (conf/train.yaml's config_version says which it reads). Nothing in the run dir is changed."""
     current = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["config_version"]
-    saved = (yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()) or {}).get("config_version")
+    config = run_dir / ".hydra" / "config.yaml"
+    try:
+        saved = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = str(err).splitlines()[0]
+        raise UserError(
+            f"{key}: {config} cannot be read ({problem}); start {new} (nothing in it was changed)"
+        ) from None
+    saved = saved.get("config_version") if isinstance(saved, dict) else None
     if saved != current:
         raise UserError(
             f"{key}: written by another version of tinytransformer (config_version {saved}; this one reads "
