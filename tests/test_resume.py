@@ -128,6 +128,13 @@ def test_resume_keeps_the_earlier_config_files(tmp_path):
         "; scheduler.on_resume=rebuild would use this config's cosine schedule (planned for 250 steps)"
         in line
     )
+    # A second resume starts from the first one's config, not the run's original: max_steps stays 250.
+    again = run_cli("train.py", f"resume={killed}", "trainer.log_every_n_steps=5")
+    assert again.returncode == 0, again.stderr[-2000:]
+    (second,) = set((killed / ".hydra").glob("resume-*")) - {resume_dir}
+    config = (second / "config.yaml").read_text()
+    assert "max_steps: 250" in config and "log_every_n_steps: 5" in config
+    assert json.loads((killed / "metrics.json").read_text())["steps"] == 250
 
 
 def test_a_run_killed_after_its_final_validation_resumes_to_a_summary_that_says_why_it_stopped(

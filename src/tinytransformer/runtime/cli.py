@@ -82,7 +82,7 @@ def train_main() -> None:
             runs.check_resume_overrides(overrides, CONFIG_DIR)
             if launch.is_rank_zero():  # before Hydra writes its .hydra/resume-<time>/ there
                 runs.lock_run_dir(run_dir)
-            config_dir, config_name = run_dir / ".hydra", "config"
+            config_dir, config_name = runs.run_config_dir(run_dir), "config"
             extra = runs.resume_overrides(run_dir, CONFIG_DIR)
         if not hydra_flag:
             cfg = preflight(config_dir, config_name, overrides + extra, multirun)

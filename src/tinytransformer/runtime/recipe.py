@@ -30,7 +30,7 @@ from tinytransformer.runtime.precision import on_gpu, resolve_precision
 from tinytransformer.runtime.preflight import check
 from tinytransformer.runtime.profiler import NullProfiler
 from tinytransformer.runtime.report import format_summary
-from tinytransformer.runtime.runs import FINISHED, clear_failure
+from tinytransformer.runtime.runs import FINISHED, clear_failure, record_latest_config
 from tinytransformer.training.callbacks import LastCheckpoint
 from tinytransformer.training.callbacks.resume import AtomicCheckpointIO
 from tinytransformer.training.lightning_module import CHECKPOINT_LAYOUT, LanguageModel
@@ -64,6 +64,8 @@ def train(cfg: DictConfig, output_dir: str | Path, ckpt_path: str | None = None)
     del ckpt  # fit() loads it again: no second copy of the weights is held while training
     if ckpt_path:  # past every refusal: a failed run continued (resumed, or requeued) is no longer failed
         clear_failure(output_dir)
+        if cfg.get("resume"):  # and the next resume of it composes from this one's config
+            record_latest_config(output_dir)
     trainer = build_trainer(cfg, output_dir, build_callbacks(cfg))
     with setup_objects_frozen():
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

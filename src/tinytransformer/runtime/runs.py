@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tinytransformer.errors import UserError
-from tinytransformer.files import LAST, write_json_atomic
+from tinytransformer.files import LAST, write_atomic, write_json_atomic
 from tinytransformer.runtime.config import CONFIG_DIR
 
 FAILED_FILE = "failed.json"  # {"status": "failed", "reason": ...}: a job that could not finish
@@ -106,6 +106,26 @@ def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
                 f"{override}: a resumed run keeps its saved config, so config groups cannot be chosen again; "
                 f"set keys instead (e.g. {key}.<key>=<value>)"
             )
+
+
+# .hydra/<this> names the subdir whose config.yaml the run last resumed with (written once that resume started)
+LATEST_CONFIG = "latest_config"
+
+
+def run_config_dir(run_dir: Path) -> Path:
+    """Where the config a resume composes from lives: the last resume's that started training, else the
+    run's own (.hydra/), so that a second resume keeps what the first one changed (trainer.max_steps=...)."""
+    pointer = run_dir / ".hydra" / LATEST_CONFIG
+    latest = run_dir / pointer.read_text().strip() if pointer.is_file() else None
+    return latest if latest is not None and (latest / "config.yaml").is_file() else run_dir / ".hydra"
+
+
+def record_latest_config(run_dir: Path) -> None:
+    """Called once a resume has passed every check: the next resume composes from this one's config."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and (subdir := HydraConfig.get().output_subdir):
+        write_atomic(Path(run_dir) / ".hydra" / LATEST_CONFIG, f"{subdir}\n".encode())
 
 
 def resume_overrides(run_dir: Path, config_dir: Path) -> list[str]:
