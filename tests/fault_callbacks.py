@@ -28,3 +28,11 @@ class KillAfterFinalValidation(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == trainer.max_steps:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigtermDuringTest(L.Callback):
+    """Sends this process SIGTERM as the final test starts: after training, with last.ckpt written."""
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -1,11 +1,13 @@
 """Every callback is built from its YAML in conf/callbacks/: the default set drops one by one, or all."""
 
 import json
+from types import SimpleNamespace
 
 import yaml
 from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.runtime import recipe
+from tinytransformer.runtime.callbacks import RunSummary
 from tinytransformer.runtime.cli import CONFIG_DIR
 from tinytransformer.runtime.recipe import train
 
@@ -72,3 +74,15 @@ def test_minimal_keeps_the_runs_records_and_default_adds_the_training_rules():
     assert default[0] == "minimal" and "_self_" in minimal
     cfg = compose_train(["callbacks=minimal"], CONFIG_DIR)
     assert set(cfg.callbacks) == {n for n in minimal if n != "_self_"}
+
+
+def test_a_resume_that_fails_as_it_loads_keeps_the_runs_results_in_metrics_json(tmp_path):
+    path = tmp_path / "metrics.json"
+    earlier = {"status": "interrupted", "steps": 120, "best_val_loss": 1.25, "best_step": 100, "wall_s": 9.0}
+    path.write_text(json.dumps(earlier))
+    summary = RunSummary(path)  # as a resumed job builds it: its state comes with the checkpoint, later
+    summary.on_exception(SimpleNamespace(global_step=0), None, RuntimeError("size mismatch for model.head"))
+    written = json.loads(path.read_text())
+    assert written == {"status": "failed", "steps": 120, "best_val_loss": 1.25, "best_step": 100} | {
+        "stop_reason": "RuntimeError"
+    }  # the earlier job's speed is dropped: this job measured none

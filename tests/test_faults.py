@@ -299,9 +299,9 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
     (run,) = run_dirs(tmp_path)
     holder = start_cli("train.py", f"resume={run}", "trainer.max_steps=100000")
 
-    def holds_and_started() -> bool:  # locked, and past Hydra's writing of .hydra/resume-<time>/
-        started = list(run.glob(".hydra/resume-*/overrides.yaml"))
-        return f'"pid": {holder.pid}' in (run / LOCK).read_text() and bool(started)
+    def holds_and_started() -> bool:  # locked, and past its checks (.hydra/latest_config names its config)
+        started = (run / ".hydra" / "latest_config").is_file()
+        return f'"pid": {holder.pid}' in (run / LOCK).read_text() and started
 
     wait_until(holds_and_started, holder, what="the resumed run to start")
     before = {p: p.read_bytes() for p in (run / ".hydra").rglob("*") if p.is_file()}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests.conftest import TINY_RUN, compose_train, run_cli, start_cli, wait_until
+from tests.conftest import ROOT, TINY_RUN, compose_train, run_cli, start_cli, wait_until
 
 from tinytransformer.errors import UserError
 from tinytransformer.runtime.callbacks import RunSummary
@@ -154,6 +154,29 @@ def test_a_run_killed_after_its_final_validation_resumes_to_a_summary_that_says_
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert results["stop_reason"] == metrics["stop_reason"] == "max_steps"
     assert (metrics["status"], metrics["steps"]) == ("finished", 40)
+
+
+def test_sigterm_during_the_final_test_stops_as_interrupted_and_a_resume_tests_again(tmp_path):
+    run = [*TINY_RUN, "data.test_fraction=0.1", f"paths.log_dir={tmp_path}"]
+    fault = "+callbacks.sigterm._target_=tests.fault_callbacks.SigtermDuringTest"
+    stopped = run_cli("train.py", *run, fault, env={"PYTHONPATH": str(ROOT)})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    run_dir = only_run(tmp_path)
+    assert (
+        f"SIGTERM while testing the best checkpoint. Resume with: python scripts/train.py resume={run_dir}"
+        in (stopped.stdout + stopped.stderr)
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["stop_reason"], "test_loss" in metrics) == (
+        "interrupted",
+        "SIGTERM",
+        False,
+    )
+    resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.sigterm")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["stop_reason"], metrics["steps"]) == ("finished", "max_steps", 40)
+    assert metrics["test_loss"] > 0
 
 
 def test_a_checkpoint_of_another_layout_is_not_resumed_and_is_left_as_it_is(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinytransformer.files import write_json_atomic
 from tinytransformer.runtime.callbacks.processes import job_start_time
@@ -108,9 +111,17 @@ class RunSummary(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.state["stop_reason"] = getattr(exception, "stop_reason", None) or type(exception).__name__
-        self.state["steps"] = trainer.global_step
-        self.state["status"] = INTERRUPTED if isinstance(exception, RunInterrupted) else FAILED
+        if not self.state and self.path.is_file():  # a resume failing as it loads: keep the run's record
+            with contextlib.suppress(ValueError):  # torn: what follows is all there is to say
+                self.state = json.loads(self.path.read_text())
+        # Lightning's SIGTERMException and Ctrl-C: signals outside training (the final test), stops like those in it
+        signal_name = "SIGTERM" if isinstance(exception, SIGTERMException) else None
+        signal_name = "SIGINT" if isinstance(exception, KeyboardInterrupt) else signal_name
+        reason = getattr(exception, "stop_reason", None) or signal_name or type(exception).__name__
+        self.state["stop_reason"] = reason
+        if self._fit_start is not None or self._fit_ended or "steps" not in self.state:
+            self.state["steps"] = trainer.global_step
+        self.state["status"] = INTERRUPTED if isinstance(exception, RunInterrupted) or signal_name else FAILED
         if self._fit_start is not None:
             self._record_speed(trainer)  # up to the fault
         elif not self._fit_ended:  # before training began
