@@ -1,6 +1,7 @@
 """The real command line, end to end: train -> run dir -> generate -> evaluate."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import TINY_RUN, run_cli
 
+from tinytransformer.runtime.checkpoints import resolve_checkpoint
 from tinytransformer.runtime.config import ROOT
 from tinytransformer.runtime.flops import flops_per_token, matmul_precision, peak_flops
 
@@ -134,3 +136,16 @@ def test_evaluate_reproduces_the_val_loss_recorded_in_training(trained_run):
     assert evaluated["val/loss"] == pytest.approx(metrics["best_val_loss"], rel=1e-5)
     assert evaluated["test/loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
     assert Path(evaluated["ckpt_path"]).name.startswith("best-step=")
+
+
+def test_a_run_dir_resolves_to_the_best_checkpoint_its_metrics_name_else_the_newest(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    lowest, newer = ckpts / "best-step=10.ckpt", ckpts / "best-step=20.ckpt"  # save_top_k=2 keeps both
+    lowest.write_bytes(b"a")
+    newer.write_bytes(b"b")
+    os.utime(lowest, (1, 1))
+    assert resolve_checkpoint(tmp_path) == newer
+    recorded = "/a/moved/run/checkpoints/best-step=10.ckpt"  # as written before the run dir was moved
+    (tmp_path / "metrics.json").write_text(json.dumps({"best_ckpt_path": recorded}))
+    assert resolve_checkpoint(tmp_path) == lowest

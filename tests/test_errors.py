@@ -194,6 +194,15 @@ def test_evaluate_refuses_a_truncated_checkpoint_and_a_device_it_has_not(workspa
     assert_one_line_error(run_cli("evaluate.py", f"ckpt_path={run_dir}", "device=cuda:7"), "device='cuda:7'")
 
 
+def test_a_new_run_into_a_dir_of_runs_is_refused(workspace):
+    root, run_dir, _ = workspace
+    before = snapshot(root)
+    runs_dir = run_dir.parent.parent  # logs/train/runs: dated dirs of runs
+    result = run_cli("train.py", *TINY_RUN, f"hydra.run.dir={runs_dir}")
+    assert_one_line_error(result, f"hydra.run.dir={runs_dir} holds other runs (e.g. {runs_dir}/", "a new dir")
+    assert snapshot(root) == before
+
+
 def test_resuming_a_run_whose_saved_config_is_unreadable_is_one_line(workspace, tmp_path):
     _, run_dir, _ = workspace
     copy = tmp_path / "run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,12 +15,17 @@ from tinytransformer.model import build_model
 
 
 def resolve_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:
-    """A .ckpt file as given, or for a run dir its best checkpoint (else its last.ckpt)."""
+    """A .ckpt file as given, or for a run dir its best checkpoint (else its last.ckpt): the one its
+    metrics.json names (the lowest val loss, also with save_top_k > 1), else the newest best*.ckpt."""
     p = Path(path).expanduser()
     if p.is_dir():
         ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        try:  # by name: a run dir moved elsewhere still finds it
+            recorded = [ckpt_dir / Path(json.loads((p / "metrics.json").read_text())["best_ckpt_path"]).name]
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = []
         best = sorted(ckpt_dir.glob("best*.ckpt"), key=lambda f: f.stat().st_mtime)
-        candidates = best or sorted(ckpt_dir.glob("last.ckpt"))
+        candidates = [f for f in recorded if f.is_file()] or best or sorted(ckpt_dir.glob("last.ckpt"))
         if not candidates:
             raise UserError(f"{key}={path}: no checkpoints in this directory; pass a run dir or a .ckpt file")
         return candidates[-1]

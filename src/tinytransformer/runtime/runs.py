@@ -167,11 +167,17 @@ def start_over(run_dir: Path) -> list[str]:
 
 
 def refuse_existing_run(run_dir: str) -> None:
-    """A new run must not write into a run dir that already holds checkpoints or results."""
+    """A new run must not write into a run dir that already holds checkpoints or results, nor into a dir
+    of runs (compare_runs would then take the whole dir for one run and hide those below it)."""
     path = Path(run_dir)
     if (path / "checkpoints").exists() or (path / METRICS).exists():
         raise UserError(
             f"hydra.run.dir={run_dir} already holds a run; continue it with resume={run_dir} or choose a new dir"
+        )
+    below = next(path.glob("*/**/.hydra/config.yaml"), None) if path.is_dir() else None
+    if below is not None:
+        raise UserError(
+            f"hydra.run.dir={run_dir} holds other runs (e.g. {below.parent.parent}); choose a new dir for this one"
         )
 
 
