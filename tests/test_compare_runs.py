@@ -218,7 +218,12 @@ def test_runs_are_found_at_any_depth_and_in_a_single_run_dir(sweep, tmp_path):
 def test_scalars_from_several_event_files_merge_and_a_repeated_step_keeps_the_last(tmp_path):
     run = tmp_path / "run"
     write_val_bpc(run, {100: 2.0, 200: 1.8})
+    (older,) = (run / "tensorboard").glob("events.*")
     write_val_bpc(run, {200: 1.7, 300: 1.6})  # a resumed run: a second file, step 200 again
+    (newer,) = set((run / "tensorboard").glob("events.*")) - {older}
+    # Made in one second by one process, as the 9th and 10th files it wrote: by name alone, 10 < 9.
+    older.rename(older.with_name("events.out.tfevents.1733600000.host.1.9"))
+    newer.rename(newer.with_name("events.out.tfevents.1733600000.host.1.10"))
     steps, values = zip(*read_scalars(run, "val/bpc"), strict=True)
     assert steps == (100, 200, 300)
     assert values == pytest.approx((2.0, 1.7, 1.6))

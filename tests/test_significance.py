@@ -268,3 +268,20 @@ def test_a_study_compared_on_a_metric_its_runs_lack_names_it_and_writes_strict_j
     assert summary["ranked_by"] == "test_loss"
     compared = [s["vs_baseline"] for s in summary["settings"] if s["vs_baseline"] is not None]
     assert len(compared) == 2 and all(c["diff"] is None and c["verdict"].startswith("n/a") for c in compared)
+
+
+def test_a_setting_and_seed_run_twice_counts_once_and_is_named_under_the_table(tmp_path):
+    num = 0
+    for (seed, base), (_, value) in zip(BASELINE, SETTING, strict=True):
+        make_job(tmp_path, num, ["model.dropout=0", f"seed={seed}"], metrics=results(base))
+        make_job(tmp_path, num + 1, ["model.dropout=0.1", f"seed={seed}"], metrics=results(value))
+        num += 2
+    # A re-run sweep that numbered its jobs otherwise ran dropout=0.1, seed=3 again.
+    make_job(tmp_path, num, ["model.dropout=0.1", "seed=3"], metrics=results(1.1))
+    text = compare(tmp_path, baseline="dropout=0")
+    row = next(row for row in table_rows(text) if row[0] == "dropout=0.1")
+    assert row[1] == "3" and row[-2] == PAIRED  # the copy would have made it 4 runs, and Welch's
+    assert (
+        f"- {num}_model.dropout=0.1,seed=3: the same setting and seed as 5_model.dropout=0.1,seed=3, counted once"
+        in text
+    )

@@ -83,10 +83,16 @@ def setting_labels(runs: list[RunRecord]) -> dict[tuple[str, ...], str]:
 
 
 def group_by_setting(runs: list[RunRecord], metric: str = "best_val_loss") -> list[SettingGroup]:
-    """Finished runs grouped by setting, best (lowest mean metric; best val loss for a tie) first."""
+    """Finished runs grouped by setting, best (lowest mean metric; best val loss for a tie) first. A setting's
+    seed counts once: a second run of it (a sweep re-run whose jobs were numbered otherwise) is marked
+    `duplicate_of` the first, since counting both would narrow the CI with a copy."""
     by_setting: dict[tuple[str, ...], list[RunRecord]] = {}
+    first: dict[tuple[tuple[str, ...], str], RunRecord] = {}
     for run in runs:
-        if run.finished:
+        if run.finished and run.seed is not None and (run.setting, run.seed) in first:
+            run.duplicate_of = first[run.setting, run.seed].name
+        elif run.finished:
+            first.setdefault((run.setting, run.seed), run)
             by_setting.setdefault(run.setting, []).append(run)
     labels = setting_labels(runs)
     groups = [SettingGroup(labels[s], group_runs) for s, group_runs in by_setting.items()]
@@ -245,6 +251,11 @@ def report(
     if floor is not None:
         lines += ["", f"entropy floor: {floor:.4f} bits/char"]
     problems = [f"- {r.name}: {r.state_line()}" for r in runs if not r.finished]
+    problems += [
+        f"- {r.name}: the same setting and seed as {r.duplicate_of}, counted once"
+        for r in runs
+        if r.duplicate_of
+    ]
     if problems:
         lines += ["", *problems]
     return "\n".join(lines)

@@ -28,14 +28,20 @@ def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values: dict[int, float] = {}
-    # Event file names start with their creation time, so a resumed run's newer file is read last.
     events_dir = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
-    for file in sorted(events_dir.rglob("events.out.tfevents.*"), key=lambda p: p.name):
+    for file in sorted(events_dir.rglob("events.out.tfevents.*"), key=_creation_order):
         events = EventAccumulator(str(file), size_guidance={"scalars": 0})
         events.Reload()
         if tag in events.Tags()["scalars"]:
             values.update((e.step, e.value) for e in events.Scalars(tag))
     return sorted(values.items())
+
+
+def _creation_order(file: Path) -> tuple[str, int]:
+    """events.out.tfevents.<time, 10 digits>.<host>.<pid>.<the process's file count>: a resumed run's newer
+    file is read last, and of two made in one second, the later (the count has no fixed width: 9 < 10)."""
+    parts = file.name.split(".")
+    return parts[3], int(parts[-1]) if parts[-1].isdigit() else -1
 
 
 def setting_curve(group: SettingGroup, tag: str = CURVE_TAG) -> tuple[np.ndarray, ...] | None:

@@ -39,6 +39,7 @@ class RunRecord:
     metrics: dict[str, Any] | None
     failure: str | None
     status: str = FINISHED  # runs.FINISHED | RUNNING | INTERRUPTED | FAILED, or KILLED
+    duplicate_of: str | None = None  # an earlier run of the same setting and seed (counted once)
 
     @property
     def finished(self) -> bool:
