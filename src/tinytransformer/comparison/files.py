@@ -38,10 +38,11 @@ def run_row(run: RunRecord, label: str) -> dict[str, Any]:
     return {**fields, **{key: metrics.get(key) for key in METRIC_FIELDS}, "failure": run.failure}
 
 
-def runs_csv(rows: list[dict[str, Any]]) -> bytes:
-    """comparison.csv: a header, then one row per run (an empty cell where a value is None)."""
+def runs_csv(rows: list[dict[str, Any]], fields: tuple[str, ...] | list[str] = RUN_FIELDS) -> bytes:
+    """comparison.csv: a header, then one row per run (an empty cell where a value is None); other `fields`
+    for other rows (the settings csv)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, RUN_FIELDS)
+    writer = csv.DictWriter(out, fields)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue().encode()
@@ -106,8 +107,4 @@ def settings_csv(settings: list[dict[str, Any]]) -> bytes:
         row |= {f"vs_baseline_{key}": versus[key] for key in _VERSUS if key != "ci"}
         row |= {"vs_baseline_ci_low": ci[0], "vs_baseline_ci_high": ci[1]}
         rows.append(_json_safe(row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, list(rows[0]) if rows else ["setting"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue().encode()
+    return runs_csv(rows, list(rows[0]) if rows else ["setting"])
