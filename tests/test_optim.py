@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+from tests.conftest import TINY_RUN, compose_train
 
 from tinytransformer.errors import UserError
 from tinytransformer.model import TinyTransformer
+from tinytransformer.runtime import recipe
 from tinytransformer.training.optim import (
     WarmupCosine,
     build_optimizer,
@@ -201,3 +203,12 @@ def test_an_argument_that_fails_with_some_parameters_only_is_named_in_the_line_t
         build_optimizer(model, {"_target_": f"{__name__}.MatricesOnlyLr", "matrix_lr": -1.0})
     with pytest.raises(ValueError, match="Invalid learning rate"):  # wrong for every parameter: its own error
         build_optimizer(model, {"_target_": f"{__name__}.MatricesOnlyLr", "lr": -1.0})
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("16-mixed", False)])
+def test_the_optimizer_is_fused_except_under_fp16s_grad_scaler(tmp_path, precision, fused):
+    # Lightning leaves a fused optimizer's gradients scaled when it clips them (the step unscales them).
+    cfg = compose_train([*TINY_RUN, f"trainer.precision={precision}"], tmp_path)
+    dm = recipe.build_datamodule(cfg)
+    dm.setup("fit")
+    assert recipe.build_module(cfg, dm).configure_optimizers()["optimizer"].defaults["fused"] is fused

@@ -51,6 +51,14 @@ def test_input_noise_masks_and_substitutes_inputs_never_targets_with_the_seeded_
     ):
         build_regularizers({"n": spec}, model(), plain.tokenizer)
     assert not InputNoise(0.0, 0.1).needs_mask_token and InputNoise(0.1, 0.0).needs_mask_token
+    # Substitution alone runs on a vocabulary without a mask token.
+    [substitute] = build_regularizers(
+        {"n": spec | {"mask_prob": 0.0, "substitute_prob": 0.3}}, model(), plain.tokenizer
+    )
+    substituted, _ = substitute.inputs(x, y)
+    assert 1 - (substituted == x).float().mean() == pytest.approx(
+        0.3 * (1 - 1 / len(plain.tokenizer.chars)), abs=0.03
+    )
 
 
 def test_a_run_with_input_noise_reserves_the_mask_token_and_noises_training_batches_only(
@@ -73,6 +81,15 @@ def test_label_smoothing_is_cross_entropy_with_smoothed_targets():
     assert loss == pytest.approx(
         float(F.cross_entropy(*flat, ignore_index=-100, label_smoothing=0.2)), rel=1e-5
     )
+
+
+def test_label_smoothing_keeps_what_an_earlier_regularizer_added_to_the_loss():
+    logits, targets = torch.randn(3, 5, 11), torch.randint(11, (3, 5))
+    flat = logits.flatten(0, 1), targets.flatten()
+    plain, smoothed = F.cross_entropy(*flat), F.cross_entropy(*flat, label_smoothing=0.2)
+    penalty = torch.tensor(0.75)  # what a regularizer before it in the config added
+    loss = LabelSmoothing(0.2).loss(logits, targets, plain + penalty)
+    assert float(loss) == pytest.approx(float(smoothed + penalty), rel=1e-6)
 
 
 def test_stochastic_depth_drops_whole_branches_per_sequence():

@@ -121,7 +121,9 @@ def build_module(cfg: DictConfig, dm: TextDataModule, ckpt: dict[str, Any] | Non
     model_cfg.update(vocab_size=dm.tokenizer.vocab_size, block_size=cfg.data.block_size)
     optimizer = to_plain(cfg.optimizer)
     if optimizer.get("fused"):
-        optimizer["fused"] = cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "auto")
+        # Not under fp16's GradScaler: Lightning leaves a fused optimizer's gradients scaled for clipping.
+        fp16 = str(cfg.trainer.precision) in ("16", "16-mixed")
+        optimizer["fused"] = cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "auto") and not fp16
     schedule = scheduler_spec(to_plain(cfg.scheduler))
     on_resume = cfg.scheduler.get("on_resume", "keep")  # how a resumed run treats the schedule
     return LanguageModel(

@@ -150,8 +150,9 @@ class LanguageModel(L.LightningModule):
         trainer.gradient_clip_algorithm=value), measured: by norm, the global norm before clipping is logged
         as `train/grad_norm` on log steps, and each validation logs `train/clip_fraction`, the share of the
         optimizer steps since the last one that were clipped. gradient_clip_val 0 measures without
-        clipping; null (Lightning's default) does neither. Gradients are unscaled here under 16-bit mixed
-        precision, and averaged across processes under DDP."""
+        clipping; null (Lightning's default) does neither; by value, neither is measured. Gradients are unscaled
+        here under 16-bit mixed precision (the recipe builds no fused optimizer there, whose gradients
+        Lightning would leave scaled), and averaged across processes under DDP."""
         if gradient_clip_val is None or gradient_clip_algorithm == "value":
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
@@ -242,7 +243,10 @@ class LanguageModel(L.LightningModule):
             bits_sum = self._loss_sum / math.log(2) if self._one_char_per_token else self._bits_sum
             self.log("train/loss_avg", self._loss_sum / self._steps_summed, sync_dist=True, prog_bar=True)
             self.log("train/bpc_avg", bits_sum / self._steps_summed, sync_dist=True)
-            if self.trainer.gradient_clip_val is not None:  # every rank clipped the same averaged gradient
+            clip = (
+                self.trainer.gradient_clip_val is not None and self.trainer.gradient_clip_algorithm != "value"
+            )
+            if clip:  # counted by norm only; every rank clipped the same averaged gradient
                 steps = self._steps_summed / self.trainer.accumulate_grad_batches  # optimizer steps
                 self.log("train/clip_fraction", self._clipped_sum / steps)
             for buffer in (self._loss_sum, self._bits_sum, self._clipped_sum):

@@ -62,13 +62,16 @@ class InputNoise(Regularizer):
         u = torch.rand(x.shape, device=x.device)  # one draw per token decides its fate
         random_ids = torch.randint(self.vocab_size, x.shape, device=x.device)
         x = torch.where(u < self.substitute_prob, random_ids, x)
-        return torch.where(u >= 1 - self.mask_prob, self.mask_id, x), y
+        if self.mask_prob > 0:  # (without it the vocabulary may have no mask token)
+            x = torch.where(u >= 1 - self.mask_prob, self.mask_id, x)
+        return x, y
 
 
 class LabelSmoothing(Regularizer):
     """Train against targets that put `smoothing` of their mass uniformly on all tokens (Szegedy et al. 2016):
     the loss is (1 - smoothing) * cross-entropy + smoothing * the mean of -log p over the vocabulary, as
-    `F.cross_entropy(..., label_smoothing=smoothing)` computes it. The logged train loss is this loss."""
+    `F.cross_entropy(..., label_smoothing=smoothing)` computes it, in place of the plain cross-entropy in
+    `loss` (what earlier regularizers added to it stays). The logged train loss is this loss."""
 
     def __init__(self, smoothing: float = 0.1):
         if not 0 <= smoothing < 1:
@@ -78,11 +81,13 @@ class LabelSmoothing(Regularizer):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if self.smoothing == 0:
             return loss
-        # Recomputed rather than mixed into `loss`: no boolean mask over ignored targets (a host sync).
+        # Both by F.cross_entropy: no boolean mask over ignored targets (a host sync).
         flat_logits, flat_targets = logits.flatten(0, 1).float(), targets.flatten()
-        return F.cross_entropy(
+        plain = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+        smoothed = F.cross_entropy(
             flat_logits, flat_targets, ignore_index=IGNORE_INDEX, label_smoothing=self.smoothing
         )
+        return loss + (smoothed - plain)
 
 
 class StochasticDepth(Regularizer):
