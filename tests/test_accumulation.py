@@ -139,3 +139,32 @@ def test_the_cli_trains_with_accumulation_and_reports_the_effective_batch(tmp_pa
     (run,) = tmp_path.glob("train/runs/*/*")
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["effective_batch_size"], metrics["steps"], metrics["final_val_step"]) == (32, 10, 10)
+
+
+class StopMidStep(L.Callback):
+    """Asks the run to stop once, after the first micro-batch of step `step` (as max_time's Timer may)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and batch_idx % ACCUMULATE == 0:
+            trainer.should_stop, self.step = True, -1
+
+
+def test_a_stop_asked_mid_step_waits_for_the_steps_end_so_the_run_resumes_exactly(tmp_path, monkeypatch):
+    build_callbacks = recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), StopMidStep(5)])
+    results = recipe.train(compose_train(RUN, tmp_path), tmp_path)
+    assert results["steps"] == 6  # step 5 ended with both its micro-batches, then the run stopped
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"]
+    assert (ckpt["global_step"], progress) == (6, 6 * ACCUMULATE)
+
+
+def test_accumulate_grad_batches_cannot_change_on_resume():
+    from tinytransformer.runtime.config import CONFIG_DIR
+    from tinytransformer.runtime.runs import check_resume_overrides
+
+    with pytest.raises(UserError, match=r"^trainer.accumulate_grad_batches=4: a resumed run restores"):
+        check_resume_overrides(["trainer.accumulate_grad_batches=4"], CONFIG_DIR)

@@ -89,6 +89,7 @@ def check_sweep_layout(sweep_dir: Path) -> None:
 FIXED_BY_CHECKPOINT = (
     *("model.", "optimizer.", "data.block_size", "data.tokenizer"),
     "callbacks.early_stopping.patience",  # Lightning's EarlyStopping restores its patience too
+    "trainer.accumulate_grad_batches",  # the batch stream restarts at step x N batches, Lightning's count too
 )
 
 
@@ -98,8 +99,8 @@ def check_resume_overrides(overrides: list[str], config_dir: Path) -> None:
         key = override.lstrip("+~").split("=", 1)[0]
         if key.startswith(FIXED_BY_CHECKPOINT):
             raise UserError(
-                f"{override}: a resumed run restores {key} from its checkpoint (with the model, optimizer and "
-                "early-stopping state), so it cannot change; start a new run to try another value"
+                f"{override}: a resumed run restores {key} from its checkpoint (with the model, optimizer, "
+                "batch stream and early-stopping state), so it cannot change; start a new run to try another value"
             )
         if "." not in key and (config_dir / key).is_dir():
             raise UserError(

@@ -55,6 +55,7 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
         self.signal_received: str | None = None
         self._previous_handlers: dict[int, object] = {}
         self._saved_step: int | None = None
+        self._stop_at_step_end = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -66,8 +67,12 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.optimizer_stepped(trainer):
+            # A stop asked between micro-batches (max_time's Timer checks every batch) waits for the step's
+            # end: a run stopped mid-step would resume with a short step and its batch stream shifted.
+            self._stop_at_step_end = self._stop_at_step_end or trainer.should_stop
+            trainer.should_stop = False
             return
-        if 0 < trainer.max_steps <= trainer.global_step:
+        if self._stop_at_step_end or 0 < trainer.max_steps <= trainer.global_step:
             # A stop request makes Lightning validate after this step (once, also on a validation step),
             # so every run's results describe its final weights. max_time and a sample-quality stop set
             # it too; Lightning runs this callback after the others.
