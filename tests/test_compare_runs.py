@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from tinytransformer.comparison.compare import compare, compare_main, short_label
+from tinytransformer.comparison.compare import compare, compare_main
 from tinytransformer.comparison.curves import read_scalars
+from tinytransformer.comparison.groups import short_label
 from tinytransformer.comparison.records import find_runs, split_overrides
 from tinytransformer.errors import UserError
 

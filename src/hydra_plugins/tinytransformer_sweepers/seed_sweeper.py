@@ -24,7 +24,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from tinytransformer.comparison.compare import METRICS
+from tinytransformer.comparison.groups import METRICS
 from tinytransformer.comparison.records import find_runs, split_overrides
 from tinytransformer.comparison.seed_rounds import Results, judge, next_seeds
 from tinytransformer.comparison.significance import ALPHA, DELTA, Rule, verdict_cell

@@ -14,7 +14,7 @@ import numpy as np
 from tinytransformer.files import write_atomic
 
 if TYPE_CHECKING:
-    from tinytransformer.comparison.compare import SettingGroup
+    from tinytransformer.comparison.groups import SettingGroup
 
 CURVE_TAG = "val/bpc"
 SETTINGS_DIR = "settings"  # under the sweep dir: a TensorBoard run per setting

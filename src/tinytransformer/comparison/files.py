@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from tinytransformer.comparison.significance import Comparison, Rule
 
 if TYPE_CHECKING:
-    from tinytransformer.comparison.compare import RunRecord, SettingGroup
+    from tinytransformer.comparison.groups import SettingGroup
+    from tinytransformer.comparison.records import RunRecord
 
 # The metrics.json values compare_runs reads, in the csv's column order.
 METRIC_FIELDS = (

@@ -6,6 +6,7 @@ Light on purpose (no Lightning import): the command line checks run dirs before 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -54,10 +55,16 @@ def check_resumable(path: str, multirun: bool) -> Path:
     return run_dir
 
 
+@functools.cache
+def _config_version() -> int:
+    """The layout this version reads (conf/train.yaml's config_version), read once per process."""
+    return yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["config_version"]
+
+
 def check_layout(run_dir: Path, key: str, new: str = "a new run") -> None:
     """A UserError for a run dir written by a version of tinytransformer whose layout this one does not read
     (conf/train.yaml's config_version says which it reads). Nothing in the run dir is changed."""
-    current = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["config_version"]
+    current = _config_version()
     config = run_dir / ".hydra" / "config.yaml"
     try:
         saved = yaml.safe_load(config.read_text())
