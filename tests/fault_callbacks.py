@@ -36,3 +36,12 @@ class SigtermDuringTest(L.Callback):
     def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class FailWhereTold(L.Callback):
+    """Raises as training starts in the run dir whose name ends with $FAIL_RUN: a job that fails in one attempt
+    at a sweep and succeeds in the next (without the variable), under the same overrides."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if os.environ.get("FAIL_RUN") and trainer.default_root_dir.endswith(os.environ["FAIL_RUN"]):
+            raise RuntimeError(f"told to fail in {trainer.default_root_dir}")

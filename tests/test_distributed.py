@@ -143,6 +143,9 @@ def test_launches_that_cannot_work_are_refused_in_one_line(args, message, log_di
 
 def test_slurm_jobs_run_one_task_per_gpu_and_get_sigusr2_before_the_time_limit(tmp_path, monkeypatch):
     import submitit
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import HydraContext
     from hydra.utils import instantiate
 
     fake_bin = tmp_path / "bin"  # submitit's SLURM executor checks that srun exists
@@ -154,7 +157,8 @@ def test_slurm_jobs_run_one_task_per_gpu_and_get_sigusr2_before_the_time_limit(t
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
     cfg = compose_config(CONFIG_DIR, "train", [*overrides, f"paths.log_dir={tmp_path}"], with_hydra=True)
     launcher = instantiate(cfg.hydra.launcher)
-    launcher.config = cfg
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    launcher.setup(hydra_context=HydraContext(loader, callbacks=None), task_function=print, config=cfg)
     scripts = []
 
     def map_array(executor, function, *job_args):
@@ -300,9 +304,8 @@ def test_lightning_ddp_and_torchrun_run_the_same_training_in_one_run_dir(tmp_pat
 
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(log_dir):
-    result = run_cli(
-        "train.py", "-m", "hydra/launcher=submitit_local", "seed=1,2", *SHORT, f"paths.log_dir={log_dir}"
-    )
+    launcher = "hydra/launcher=resumable_submitit_local"  # ours: each job runs through its __call__
+    result = run_cli("train.py", "-m", launcher, "seed=1,2", *SHORT, f"paths.log_dir={log_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in (log_dir / "train" / "multiruns").glob("*/*/*") if (p / "metrics.json").exists())
     assert [p.name.split("_", 1)[0] for p in jobs] == ["0", "1"]

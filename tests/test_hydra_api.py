@@ -41,8 +41,18 @@ def test_basic_launcher_launch_is_the_one_basic_py_copies():
     ], f"hydra.core.utils.run_job changed: {USED_BY}"  # fmt: skip
 
 
-def test_submitit_launcher_runs_each_job_through_call_with_these_arguments():
+def test_submitit_launcher_runs_each_job_through_call_as_submitit_launchers_copies_it():
     assert parameters(BaseSubmititLauncher.__call__) == [
         "self", "sweep_overrides", "job_dir_key", "job_num", "job_id", "singleton_state"
     ], f"BaseSubmititLauncher.__call__ changed: {USED_BY}"  # fmt: skip
+    source = "".join(
+        inspect.getsource(BaseSubmititLauncher.__call__).split()
+    )  # what submitit_launchers copies
+    for step in (
+        "load_sweep_config(self.config,sweep_overrides)",
+        "job.id=submitit.JobEnvironment().job_id",
+        "sweep_config.hydra.job.num=job_num",
+        'job_subdir_key="hydra.sweep.subdir"',
+    ):
+        assert step in source, f"BaseSubmititLauncher.__call__ changed ({step!r} is gone): {USED_BY}"
     assert "map_array(self," in inspect.getsource(BaseSubmititLauncher.launch), USED_BY

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import ROOT, TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.comparison.compare import compare
@@ -93,19 +93,20 @@ def test_the_whole_procedure_bounds_false_verdicts_and_decides_clear_effects():
 QUICK = [*TINY_RUN, "trainer.max_steps=10", "callbacks.sample_generation.every_n_steps=0", "test=false"]
 
 
-def seed_sweep(tmp_path, max_seeds: int):
+def seed_sweep(tmp_path, max_seeds: int, grid: str = "0,0.0,0.5", *extra: str, env: dict | None = None):
     args = [
         "-m",
         *QUICK,
+        *extra,
         "hydra/sweeper=seeds",
-        "optimizer.weight_decay=0,0.0,0.5",  # no baseline given: the grid's first
+        f"optimizer.weight_decay={grid}",  # no baseline given: the grid's first
         *("hydra.sweeper.start_seeds=2", "hydra.sweeper.add_seeds=1", f"hydra.sweeper.max_seeds={max_seeds}"),
         # Nothing but identical runs decides: every other setting goes on.
         *("hydra.sweeper.alpha=1e-6", "hydra.sweeper.delta=1e-9"),
         f"paths.log_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    result = run_cli("train.py", *args)
+    result = run_cli("train.py", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -140,6 +141,35 @@ def test_a_seed_sweep_adds_seeds_to_the_undecided_skips_what_is_done_and_continu
     more = seed_sweep(tmp_path, max_seeds=4)
     assert len(re.findall(r"done before .*, skipped", more)) == 8 and "round 3: 2 jobs" in more
     assert set(run_names(sweep_dir)) - set(first) == {"8_weight_decay=0.5,seed=4", "9_weight_decay=0,seed=4"}
+
+
+def test_a_seed_sweep_whose_failed_job_succeeds_when_run_again_trains_no_finished_run_again(tmp_path):
+    """The failed job's setting gets its later seeds this time, so later jobs are numbered otherwise: each
+    (setting, seed) that ran before is found in its earlier dir and skipped."""
+    sweep_dir, grid = tmp_path / "sweep", "0,0.0,0.5,0.7"
+    fault = "+callbacks.fail._target_=tests.fault_callbacks.FailWhereTold"
+    env = {"PYTHONPATH": str(ROOT)}
+    log = seed_sweep(tmp_path, 3, grid, fault, env={**env, "FAIL_RUN": "weight_decay=0.5,seed=2"})
+    assert (
+        "job 3 failed" in log
+        and "round 2: 2 jobs (optimizer.weight_decay=0.7: seeds [3]; optimizer.weight_decay=0: seeds [3])"
+        in log
+    )
+    first = run_names(sweep_dir)
+    assert {"8_weight_decay=0.7,seed=3", "9_weight_decay=0,seed=3"} <= set(first) and len(first) == 10
+
+    again = seed_sweep(tmp_path, 3, grid, fault, env=env)
+    assert "round 2: 3 jobs" in again
+    assert f"job 9: done before ({sweep_dir / '8_weight_decay=0.7,seed=3'}), skipped" in again
+    assert f"job 10: done before ({sweep_dir / '9_weight_decay=0,seed=3'}), skipped" in again
+    assert set(run_names(sweep_dir)) - set(first) == {"8_weight_decay=0.5,seed=3"}
+    rows = {row[0]: row[1] for row in table_rows(compare(sweep_dir))}
+    assert rows == {
+        "weight_decay=0": "3",
+        "weight_decay=0.0": "2",
+        "weight_decay=0.5": "3",
+        "weight_decay=0.7": "3",
+    }
 
 
 @pytest.mark.parametrize(

@@ -140,3 +140,40 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     assert f"job 0: done before ({sweep_dir / '0_dropout=0'}), skipped" in skipped.stdout
     assert f"job 1: failed before ({failed_dir}), skipped" in skipped.stdout
     assert failed.stat().st_mtime_ns == 0
+
+
+def test_a_grid_run_again_with_a_value_added_finds_each_job_done_under_its_old_number_and_one_changed_is_refused(
+    tmp_path,
+):
+    """The added value shifts the later jobs' numbers: job 2 (dropout=0.1) is job 1's run, done before. Run
+    again with a key changed, the sweep is refused."""
+    sweep_dir = tmp_path / "sweep"
+    quick = [
+        *QUICK,
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=10",
+        "hydra/launcher=resumable_basic",
+    ]
+    first = run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = files_of(sweep_dir / "1_dropout=0.1")
+
+    again = run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.05,0.1"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in again.stdout
+    assert files_of(sweep_dir / "1_dropout=0.1") == before
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == ["0_dropout=0", "1_dropout=0.05", "1_dropout=0.1"]
+    assert status(sweep_dir / "1_dropout=0.05") == "finished"
+
+    # Run again with a key changed, a job dir's results would be taken for runs of other overrides: refused.
+    before = {job: files_of(sweep_dir / job) for job in jobs}
+    changed = run_cli(
+        "train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.1", "optimizer.lr=0.002")
+    )
+    assert_one_line_error(
+        changed,
+        f"hydra.sweep.dir={sweep_dir}: job dir 0_dropout=0 ran with other overrides than job 0 of this sweep (it "
+        "had: none; this sweep: optimizer.lr=0.002); continue a sweep with the command that started it, or",
+    )
+    assert {job: files_of(sweep_dir / job) for job in jobs} == before

@@ -29,7 +29,12 @@ from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict, read_write
 
-from hydra_plugins.tinytransformer_launchers.resumable import job_dir, register_launcher, skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import (
+    job_config,
+    job_dir,
+    register_launcher,
+    skipped_job,
+)
 from hydra_plugins.tinytransformer_launchers.workers import Job, Worker
 from tinytransformer.errors import UserError, exit_on_user_error
 
@@ -67,7 +72,10 @@ class ResumableParallelLauncher(Launcher):
         processes, self.threads = fit_processes(self.config, self.processes, len(job_overrides))
         each = f"{self.threads} thread{'s' if self.threads > 1 else ''} each"
         log.info(f"Launching {len(job_overrides)} jobs, {processes} at a time, {each}")
-        pending = list(enumerate(job_overrides, start=initial_job_idx))
+        jobs = enumerate(job_overrides, start=initial_job_idx)
+        pending = [
+            (idx, overrides, job_config(self, overrides, idx)) for idx, overrides in jobs
+        ]  # all checked
         self.workers += [None] * (processes - len(self.workers))  # a worker starts with its slot's first job
         slots = self.workers[:processes]
         returns: dict[int, JobReturn] = {}
@@ -105,11 +113,8 @@ class ResumableParallelLauncher(Launcher):
     def _next_job(self, pending: list, returns: dict[int, JobReturn]) -> "Job | None":
         """The next job to run; those done before are skipped on the way, their results kept."""
         while pending:
-            idx, overrides = pending.pop(0)
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            idx, overrides, sweep_config = pending.pop(0)
             with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
                 if sweep_config.trainer.get("threads_per_process") is None:  # a job's own (swept) stays
                     sweep_config.trainer.threads_per_process = self.threads
             skipped = skipped_job(sweep_config, self.skip_failed)

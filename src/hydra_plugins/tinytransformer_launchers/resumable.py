@@ -2,14 +2,18 @@
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
+from tinytransformer.comparison.records import split_overrides
+from tinytransformer.errors import UserError
 from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS
 
 
@@ -35,6 +39,60 @@ def job_dir(sweep_config: DictConfig) -> Path:
         return Path(os.path.abspath(os.path.join(str(sweep.dir), str(sweep.subdir))))
     finally:
         hydra_config.cfg = saved
+
+
+def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int | None = None) -> DictConfig:
+    """Job `idx`'s config, as Hydra's launchers compose it, in the dir its run of this sweep has. Raises a
+    UserError where that dir holds a run of other overrides (a sweep run again with a key changed): its
+    results would be taken for this job's. Every launcher calls it for all jobs before it runs one."""
+    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = idx if job_id is None else job_id
+        sweep_config.hydra.job.num = idx
+    run_dir, identity = job_dir(sweep_config), identity_of(overrides)
+    earlier = earlier_dir(run_dir, f"{idx}_", identity)
+    if earlier is not None:
+        with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
+            sweep_config.hydra.sweep.subdir = earlier.name
+        run_dir = earlier
+    ran = ran_with(run_dir)
+    if ran is not None and ran != identity:
+        theirs, ours = (" ".join(sorted(a - b)) or "none" for a, b in ((ran, identity), (identity, ran)))
+        raise UserError(
+            f"hydra.sweep.dir={run_dir.parent}: job dir {run_dir.name} ran with other overrides than job {idx} "
+            f"of this sweep (it had: {theirs}; this sweep: {ours}); continue a sweep with the command that "
+            "started it, or start a new sweep dir (nothing in it was changed)"
+        )
+    return sweep_config
+
+
+def earlier_dir(run_dir: Path, number: str, identity: frozenset[str]) -> Path | None:
+    """The dir an earlier run of this sweep gave the job under another number (`7_wd=0,seed=3` for job 9:
+    the same name, setting and seed), where the job's own dir is not there: a re-run whose jobs are numbered
+    otherwise (a seed sweep whose failed job succeeds this time plans other rounds; a grid with a value
+    added) then skips or continues that run instead of training it again."""
+    if run_dir.exists() or not run_dir.name.startswith(number) or not run_dir.parent.is_dir():
+        return None
+    name = run_dir.name.removeprefix(number)
+    for other in sorted(run_dir.parent.iterdir()):
+        other_number, _, other_name = other.name.partition("_")
+        if other_name == name and other_number.isdigit() and ran_with(other) == identity:
+            return other
+    return None
+
+
+def identity_of(overrides: Sequence[str]) -> frozenset[str]:
+    """What a job's overrides train (its setting and seed, as compare_runs groups runs): not its paths."""
+    setting, seed = split_overrides(list(overrides))
+    return frozenset(setting) | ({f"seed={seed}"} if seed is not None else set())
+
+
+def ran_with(run_dir: Path) -> frozenset[str] | None:
+    """identity_of a run dir's overrides; None before Hydra wrote them."""
+    try:
+        return identity_of(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()))
+    except (OSError, TypeError, yaml.YAMLError):
+        return None
 
 
 def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | None:

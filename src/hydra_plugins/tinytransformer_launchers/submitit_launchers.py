@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, setup_globals
+from hydra.core.utils import JobReturn, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import open_dict
 
-from hydra_plugins.tinytransformer_launchers.resumable import register_launcher, skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import job_config, register_launcher, skipped_job
+from tinytransformer.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 MODULE = "hydra_plugins.tinytransformer_launchers.submitit_launchers"
@@ -47,18 +47,30 @@ class ResumableSubmititLauncher(BaseSubmititLauncher):
         job_id: str,
         singleton_state: dict[type, Singleton],
     ) -> JobReturn:
-        """Runs inside the submitted job (a local process, or a SLURM job): a job done before returns at
-        once, so on SLURM it starts, finds its dir finished and exits without touching it."""
-        assert self.config is not None and self.hydra_context is not None
+        """BaseSubmititLauncher.__call__ (hydra-submitit-launcher 1.2), run inside the submitted job (a local
+        process, or a SLURM job), but a job done before returns at once: on SLURM it starts, finds its dir
+        finished and exits without touching it."""
+        import submitit
+
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         Singleton.set_state(singleton_state)
         setup_globals()
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.num = job_num
+        sweep_config = job_config(self, sweep_overrides, job_num, submitit.JobEnvironment().job_id)
         skipped = skipped_job(sweep_config, self.skip_failed)
-        return skipped or super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        return skipped or run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=sweep_config,
+            job_dir_key=job_dir_key,
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
+    @exit_on_user_error
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            job_config(
+                self, overrides, idx
+            )  # a job dir of other overrides is refused before any job is submitted
         returns = super().launch(job_overrides, initial_job_idx)
         for job in returns:  # the jobs' own output goes to .submitit/: say here which were skipped
             if getattr(job, "line", None):  # a SkippedJob

@@ -8,7 +8,9 @@ reads the sweep dir and reaches the same verdicts, with the rule this sweep reco
 
 Rounds are a pure function of the jobs' results, which are exact: a killed sweep, run again in its sweep dir
 (hydra.sweep.dir=<it>), runs the same jobs under the same numbers, skips those that finished, and reaches
-the same decisions. Run again with a larger max_seeds, it goes on where it stopped.
+the same decisions. Run again with a larger max_seeds, it goes on where it stopped. Where a job that failed
+succeeds the second time, the later rounds change and with them the job numbers: the launcher then finds a
+(setting, seed) that ran before under another number in its earlier dir, and does not train it again.
 """
 
 import copy
@@ -163,9 +165,9 @@ def read_results(
     sweep_dir: Path, plan: dict[tuple[str, ...], list[int]], results: Results, metric: str
 ) -> None:
     """The metric of each run the round planned, from its run dir, into `results`; None for a run that has
-    none (it failed). Only planned runs: a sweep dir may hold later rounds of an earlier, larger sweep, and
-    they must not change this one's decisions."""
-    found = {(run.setting, run.seed): run for run in find_runs(sweep_dir)}
+    none (it failed); a finished one where a (setting, seed) has several. Only planned runs: a sweep dir may
+    hold later rounds of an earlier, larger sweep, and they must not change this one's decisions."""
+    found = {(run.setting, run.seed): run for run in sorted(find_runs(sweep_dir), key=lambda r: r.finished)}
     for setting, seeds in plan.items():
         for seed in seeds:
             run = found.get((setting, str(seed)))
