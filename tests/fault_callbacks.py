@@ -45,3 +45,14 @@ class FailWhereTold(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         if os.environ.get("FAIL_RUN") and trainer.default_root_dir.endswith(os.environ["FAIL_RUN"]):
             raise RuntimeError(f"told to fail in {trainer.default_root_dir}")
+
+
+class KillAfterStep(L.Callback):
+    """SIGKILLs the run (every rank) as the step after `step` starts: after its last.ckpt at `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -238,6 +238,26 @@ def test_a_run_killed_after_its_final_validation_resumes_under_ddp_spawn_to_why_
 
 
 @pytest.mark.slow
+def test_a_ddp_run_killed_between_validations_resumes_to_the_uninterrupted_runs_losses(ddp_run, log_dir):
+    """Killed after its step-300 last.ckpt, halfway between validations: each rank's train-loss sum since step
+    250 is its own, and the resumed run must log their mean at step 500, as the uninterrupted one did."""
+    killed = run_cli(
+        "train.py", "trainer=ddp_cpu", *COMPARED, "data.batch_size=32", f"paths.log_dir={log_dir}",
+        "trainer.checkpoint_every_n_steps=100",  # saves, which change nothing in the training
+        "+callbacks.kill._target_=tests.fault_callbacks.KillAfterStep", "+callbacks.kill.step=300",
+        env={"PYTHONPATH": str(ROOT)}, timeout=180,
+    )  # fmt: skip
+    assert killed.returncode != 0 and "stopped:" not in killed.stdout  # the workers were killed
+    (run_dir,) = run_dirs(log_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 300
+    resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.kill", timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uninterrupted = metrics(ddp_run[0])
+    for key in ("final_train_loss", "best_val_loss", "final_val_loss"):
+        assert metrics(run_dir)[key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=0), key
+
+
+@pytest.mark.slow
 def test_two_processes_and_one_with_the_same_global_batch_reach_the_same_val_loss(ddp_run, log_dir):
     run_dir, *_ = ddp_run
     single = run_cli(

@@ -187,6 +187,11 @@ class LanguageModel(L.LightningModule):
         checkpoint["layout"] = CHECKPOINT_LAYOUT
         checkpoint["val_history"] = [list(record) for record in self.val_history.records]
         checkpoint["train_steps_summed"] = self._steps_summed
+        # Every rank saves (rank 0 writes): the sums are saved as the ranks' mean, so that a resume, which
+        # restores them on every rank, logs the mean over ranks an uninterrupted run would.
+        for name in ("_loss_sum", "_bits_sum", "_clipped_sum"):
+            mean = self.trainer.strategy.reduce(getattr(self, name).clone(), reduce_op="mean")
+            checkpoint["state_dict"][name] = mean
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_history = ValHistory(checkpoint["val_history"])
