@@ -221,19 +221,26 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_in_one_line(log_dir):
     assert metrics(run_dirs(log_dir)[0])["stop_reason"] == "non_finite_loss"
 
 
-@pytest.mark.slow
-def test_a_run_killed_after_its_final_validation_resumes_under_ddp_spawn_to_why_it_stopped(log_dir):
+def kill_and_resume(log_dir: Path, fault: str, step: int, *args: str) -> tuple[Path, str]:
+    """A ddp_spawn run with `+callbacks.kill=<fault>` (tests.fault_callbacks), SIGKILLed with its last.ckpt at
+    `step`, then resumed to its end: its run dir, and the resume's stdout."""
     killed = run_cli(
-        "train.py", "trainer=ddp_cpu", *SHORT, f"paths.log_dir={log_dir}",
-        "+callbacks.kill._target_=tests.fault_callbacks.KillAfterFinalValidation",
+        "train.py", "trainer=ddp_cpu", *args, f"paths.log_dir={log_dir}",
+        f"+callbacks.kill._target_=tests.fault_callbacks.{fault}",
         env={"PYTHONPATH": str(ROOT)}, timeout=180,
     )  # fmt: skip
     assert killed.returncode != 0 and "stopped:" not in killed.stdout  # the workers were killed
     (run_dir,) = run_dirs(log_dir)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 40
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
     resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.kill", timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "stopped: max_steps after 40 steps" in resumed.stdout
+    return run_dir, resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_final_validation_resumes_under_ddp_spawn_to_why_it_stopped(log_dir):
+    run_dir, stdout = kill_and_resume(log_dir, "KillAfterFinalValidation", 40, *SHORT)
+    assert "stopped: max_steps after 40 steps" in stdout
     assert (metrics(run_dir)["stop_reason"], metrics(run_dir)["status"]) == ("max_steps", "finished")
 
 
@@ -241,17 +248,10 @@ def test_a_run_killed_after_its_final_validation_resumes_under_ddp_spawn_to_why_
 def test_a_ddp_run_killed_between_validations_resumes_to_the_uninterrupted_runs_losses(ddp_run, log_dir):
     """Killed after its step-300 last.ckpt, halfway between validations: each rank's train-loss sum since step
     250 is its own, and the resumed run must log their mean at step 500, as the uninterrupted one did."""
-    killed = run_cli(
-        "train.py", "trainer=ddp_cpu", *COMPARED, "data.batch_size=32", f"paths.log_dir={log_dir}",
+    run_dir, _ = kill_and_resume(
+        log_dir, "KillAfterStep", 300, *COMPARED, "data.batch_size=32", "+callbacks.kill.step=300",
         "trainer.checkpoint_every_n_steps=100",  # saves, which change nothing in the training
-        "+callbacks.kill._target_=tests.fault_callbacks.KillAfterStep", "+callbacks.kill.step=300",
-        env={"PYTHONPATH": str(ROOT)}, timeout=180,
     )  # fmt: skip
-    assert killed.returncode != 0 and "stopped:" not in killed.stdout  # the workers were killed
-    (run_dir,) = run_dirs(log_dir)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 300
-    resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.kill", timeout=180)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     uninterrupted = metrics(ddp_run[0])
     for key in ("final_train_loss", "best_val_loss", "final_val_loss"):
         assert metrics(run_dir)[key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=0), key
