@@ -30,12 +30,16 @@ class KillAfterFinalValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class SigtermDuringTest(L.Callback):
-    """Sends this process SIGTERM as the final test starts: after training, with last.ckpt written."""
+class SignalDuringTest(L.Callback):
+    """Sends this process `signal` (SIGTERM, SIGINT) as the final test starts: after training, with last.ckpt
+    written."""
+
+    def __init__(self, signal: str):
+        self.signal = signal
 
     def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.Signals[self.signal])
 
 
 class FailWhereTold(L.Callback):

@@ -156,20 +156,22 @@ def test_a_run_killed_after_its_final_validation_resumes_to_a_summary_that_says_
     assert (metrics["status"], metrics["steps"]) == ("finished", 40)
 
 
-def test_sigterm_during_the_final_test_stops_as_interrupted_and_a_resume_tests_again(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_during_the_final_test_stops_as_interrupted_and_a_resume_tests_again(tmp_path, sig):
     run = [*TINY_RUN, "data.test_fraction=0.1", f"paths.log_dir={tmp_path}"]
-    fault = "+callbacks.sigterm._target_=tests.fault_callbacks.SigtermDuringTest"
-    stopped = run_cli("train.py", *run, fault, env={"PYTHONPATH": str(ROOT)})
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    fault = "+callbacks.sigterm"
+    args = [f"{fault}._target_=tests.fault_callbacks.SignalDuringTest", f"{fault}.signal={sig.name}"]
+    stopped = run_cli("train.py", *run, *args, env={"PYTHONPATH": str(ROOT)})
+    assert stopped.returncode == 128 + sig, stopped.stderr[-2000:]
     run_dir = only_run(tmp_path)
     assert (
-        f"SIGTERM while testing the best checkpoint. Resume with: python scripts/train.py resume={run_dir}"
+        f"{sig.name} while testing the best checkpoint. Resume with: python scripts/train.py resume={run_dir}"
         in (stopped.stdout + stopped.stderr)
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["status"], metrics["stop_reason"], "test_loss" in metrics) == (
         "interrupted",
-        "SIGTERM",
+        sig.name,
         False,
     )
     resumed = run_cli("train.py", f"resume={run_dir}", "~callbacks.sigterm")

@@ -162,11 +162,10 @@ def _hydra_train(cfg) -> float | None:
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
     from omegaconf import OmegaConf
 
     from tinytransformer.runtime.callbacks.processes import isolated_job
-    from tinytransformer.runtime.recipe import train
+    from tinytransformer.runtime.recipe import StoppedWhileTesting, train
     from tinytransformer.training.callbacks.resume import RunInterrupted
     from tinytransformer.training.lightning_module import NonFiniteLoss
 
@@ -208,12 +207,10 @@ def _hydra_train(cfg) -> float | None:
         if err.stop_reason == "SIGUSR2":  # SLURM's time-limit notice: submitit's handler requeues the job
             signal.raise_signal(signal.SIGUSR2)
         sys.exit(err.exit_code)
-    except SIGTERMException:  # Lightning's, from the final test (training had ended, last.ckpt written)
+    except StoppedWhileTesting as err:
         if rank_zero:
-            log.warning(
-                f"\nSIGTERM while testing the best checkpoint. Resume with: python scripts/train.py resume={output_dir}"
-            )
-        sys.exit(128 + signal.SIGTERM)
+            log.warning(f"\n{err}. Resume with: python scripts/train.py resume={output_dir}")
+        sys.exit(err.exit_code)
     except (UserError, NonFiniteLoss) as err:
         # Not recorded: a refused resume (the run is as it was), a run dir another process writes.
         if not isinstance(err, runs.RunDirInUse) and (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
@@ -192,11 +194,27 @@ def _finish_wandb_run() -> None:
         wandb.finish()
 
 
+class StoppedWhileTesting(Exception):
+    """SIGTERM or Ctrl-C during the final test: training had ended and last.ckpt was written, so a resume
+    tests again."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"{signal_name} while testing the best checkpoint")
+        self.exit_code = 128 + signal.Signals[signal_name].value
+
+
 def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, best: str) -> dict[str, float]:
     """Test the best weights. Loaded by hand: `test(ckpt_path=...)` would also roll back callback state."""
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
-    tested = trainer.test(module, datamodule=dm, verbose=False)
+    try:
+        tested = trainer.test(module, datamodule=dm, verbose=False)
+    except SIGTERMException as err:
+        raise StoppedWhileTesting("SIGTERM") from err
+    except SystemExit as err:  # how Lightning ends on Ctrl-C (after on_exception saw its KeyboardInterrupt)
+        if trainer.interrupted:
+            raise StoppedWhileTesting("SIGINT") from err
+        raise
     return {k.replace("/", "_"): float(v) for k, v in tested[0].items()}
 
 
