@@ -1,6 +1,7 @@
 """Exact resume: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run."""
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tests.conftest import ROOT, TINY_RUN, compose_train, run_cli, start_cli, wait_until
+from tests.test_sweep_resume import files_of
 
 from tinytransformer.errors import UserError
 from tinytransformer.runtime.callbacks import RunSummary
@@ -199,3 +201,24 @@ def test_a_checkpoint_of_another_layout_is_not_resumed_and_is_left_as_it_is(tmp_
         "file was left as it is)"
     )
     assert last.read_bytes() == before
+
+
+def test_a_run_dir_moved_or_copied_resumes_with_its_best_checkpoint_in_its_new_place(tmp_path):
+    """No step is left to train: the final test takes the best checkpoint the saved state names, which must
+    be the one beside last.ckpt (a moved dir's old path is gone, a copied dir's is another run's)."""
+    original = tmp_path / "original"
+    run = [*TINY_RUN, "trainer.max_steps=20", "data.test_fraction=0.1", f"paths.log_dir={tmp_path}"]
+    first = run_cli("train.py", *run, f"hydra.run.dir={original}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    copied = shutil.copytree(original, tmp_path / "copied")
+    before = files_of(original)
+    assert_resumes_in_place(copied)
+    assert files_of(original) == before  # untouched by its copy's resume
+    assert_resumes_in_place(Path(shutil.move(original, tmp_path / "moved")))
+
+
+def assert_resumes_in_place(run_dir: Path) -> None:
+    resumed = run_cli("train.py", f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert Path(metrics["best_ckpt_path"]).parent == run_dir / "checkpoints" and metrics["test_loss"] > 0

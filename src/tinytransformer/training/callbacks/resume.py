@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinytransformer.files import LAST, write_atomic
@@ -56,6 +56,23 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
         self._previous_handlers: dict[int, object] = {}
         self._saved_step: int | None = None
         self._stop_at_step_end = False
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """A run dir moved or copied since the checkpoint: its best checkpoints' paths move with it. From
+        another dir, stock ModelCheckpoint restores best_model_path alone: it would test the old dir's file
+        (gone, if moved) and forget the best score and the top k."""
+        for callback in trainer.checkpoint_callbacks:
+            state = checkpoint["callbacks"].get(callback.state_key)
+            if not isinstance(callback, ModelCheckpoint) or not state or state["dirpath"] == callback.dirpath:
+                continue
+            old, new = state["dirpath"], callback.dirpath
+            for key in ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path"):
+                if isinstance(state.get(key), str) and state[key].startswith(old):
+                    state[key] = new + state[key][len(old) :]
+            state["best_k_models"] = {
+                new + path[len(old) :] if path.startswith(old) else path: score
+                for path, score in state["best_k_models"].items()
+            }
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
