@@ -67,7 +67,10 @@ def stepping_module(char_lengths: list[int]) -> LanguageModel:
                "d_model": 8, "n_heads": 1, "n_layers": 1},
         optimizer={"_target_": "torch.optim.AdamW"}, scheduler={}, tokenizer={}, token_char_lengths=char_lengths,
     )  # fmt: skip
-    module._trainer = SimpleNamespace(global_step=0, log_every_n_steps=1000)  # no step is a log step
+    one_process = SimpleNamespace(reduce=lambda tensor, reduce_op: tensor)
+    module._trainer = SimpleNamespace(
+        global_step=0, log_every_n_steps=1000, strategy=one_process
+    )  # no log step
     return module
 
 
@@ -85,12 +88,10 @@ def test_train_sums_are_the_steps_losses_and_count_and_checkpoints_hold_them():
     losses = [loss for loss, _ in steps(module, 3)]
     assert module._loss_sum.item() == pytest.approx(sum(losses), rel=1e-6) and module._steps_summed == 3
     assert module._bits_sum.item() == 0  # one char a token: the bits are the loss in bits, at validation
-    saved = {}
-    module.on_save_checkpoint(saved)
-    state = module.state_dict()
-    assert saved["train_steps_summed"] == 3 and state["_loss_sum"].item() == pytest.approx(
-        sum(losses), rel=1e-6
-    )
+    saved = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(saved)  # the sums' mean over processes: here, one
+    assert saved["train_steps_summed"] == 3
+    assert saved["state_dict"]["_loss_sum"].item() == pytest.approx(sum(losses), rel=1e-6)
 
 
 def test_train_bits_of_tokens_of_several_chars_are_per_char():
