@@ -38,10 +38,13 @@ def both_messages(tmp_path: Path, path: Path, encoding: str) -> list[str]:
     return messages
 
 
-# name: (file content (None: no file, "dir": a directory), encoding, the message after "data.path: '<path>' ")
+# name: (file content (None: no file, "dir": a directory, "fifo": a named pipe), encoding, the message after
+# "data.path: '<path>' ")
 BAD_FILES = {
     "missing": (None, "utf-8", "does not exist; pass an existing utf-8 text file (data.path=...)"),
     "directory": ("dir", "utf-8", "is a directory; pass a text file inside it (data.path=<dir>/<file>)"),
+    # A pipe (or /dev/zero, endless) is refused before it is read: the token cache would hash it first.
+    "a pipe": ("fifo", "utf-8", "is not a regular file (a device, pipe or socket); pass a text file"),
     "empty": (b"", "utf-8", f"is empty; {NO_TEXT_FIX}"),
     "only a byte order mark": (b"\xef\xbb\xbf", "utf-8-sig", f"is empty; {NO_TEXT_FIX}"),
     "whitespace over many chunks": (b" \n\t\r\n" * 50, "utf-8", f"contains only whitespace; {NO_TEXT_FIX}"),
@@ -106,6 +109,8 @@ def test_both_paths_refuse_a_bad_file_with_the_same_line(tmp_path, case):
     path = tmp_path / "data.txt"
     if content == "dir":
         path.mkdir()
+    elif content == "fifo":
+        os.mkfifo(path)
     elif content is not None:
         path.write_bytes(content)
     assert both_messages(tmp_path, path, encoding) == [f"data.path: '{path}' {problem}"] * 2

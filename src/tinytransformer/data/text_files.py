@@ -54,13 +54,15 @@ def chunk_text(chunk: bytes | str) -> str:
 def check_file(file: TextFile) -> None:
     """What can be told before reading: an existing file that opens, in a known text encoding."""
     try:
-        missing, is_dir = not file.path.exists(), file.path.is_dir()
+        missing, is_dir, is_file = not file.path.exists(), file.path.is_dir(), file.path.is_file()
     except OSError as err:  # a parent directory this user may not look into
         raise _unreadable(file, err) from None
     if missing:
         raise file.error("does not exist", f"pass an existing {file.encoding} text file ({file.key}=...)")
     if is_dir:
         raise file.error("is a directory", f"pass a text file inside it ({file.key}=<dir>/<file>)")
+    if not is_file:  # /dev/zero would be hashed for the token cache forever; a pipe cannot be read twice
+        raise file.error("is not a regular file (a device, pipe or socket)", "pass a text file")
     with opened(file):  # a file this user may not read is refused before any work (hashing, a cache)
         pass
     try:
