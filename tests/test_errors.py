@@ -254,3 +254,26 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert kept["global_step"] >= 1
     assert all(t.isfinite().all() for k, t in kept["state_dict"].items() if k.startswith("model."))
+
+
+def test_a_batch_too_large_for_memory_is_one_line_and_recorded_as_failed(tmp_path):
+    """10^13 windows of 33 tokens: no machine can allocate that, so malloc refuses at once."""
+    result = run_cli("train.py", *TINY_RUN, "data.batch_size=10000000000000", f"paths.log_dir={tmp_path}")
+    fix = (
+        "lower data.batch_size (trainer.accumulate_grad_batches=N keeps the batch per step), data.block_size"
+    )
+    assert_one_line_error(result, "error: out of memory (tried to allocate ", " GB); " + fix)
+    (run_dir,) = list((tmp_path / "train" / "runs").glob("*/*"))
+    assert json.loads((run_dir / "failed.json").read_text())["reason"].startswith("out of memory (")
+
+
+def test_a_gpu_out_of_memory_error_is_one_line_and_other_runtime_errors_are_not_touched():
+    from tinytransformer.errors import UserError
+    from tinytransformer.runtime.cli import out_of_memory_as_user_error
+
+    message = "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.19 GiB"
+    refused = r"^out of memory \(tried to allocate 20.00 MiB\); lower data\."
+    with pytest.raises(UserError, match=refused), out_of_memory_as_user_error():
+        raise torch.OutOfMemoryError(message)
+    with pytest.raises(RuntimeError, match="^shape mismatch$"), out_of_memory_as_user_error():
+        raise RuntimeError("shape mismatch")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -194,7 +197,7 @@ def _hydra_train(cfg) -> float | None:
                 log.info(
                     f"job {hc.job.num}: starting {output_dir} over (no {LAST}): removed {', '.join(earlier)}"
                 )
-        with isolated_job():
+        with isolated_job(), out_of_memory_as_user_error():
             results = train(cfg, output_dir, ckpt_path=ckpt)
     except OSError as err:
         if isinstance(err, ConnectionError | TimeoutError):  # DDP's sockets, not a write
@@ -227,6 +230,27 @@ def _hydra_train(cfg) -> float | None:
     finally:
         runs.release_run_dir(output_dir)
     return results.get("best_val_loss")  # what a sweeper (e.g. Optuna) minimises
+
+
+@contextmanager
+def out_of_memory_as_user_error() -> Iterator[None]:
+    """A batch or model too large for the device's memory (CPU or GPU) is the config's, not a bug: one line
+    with what to lower, recorded like any other failed job."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        text = str(err)
+        if not (type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+            raise
+        tried = re.search(r"tried to allocate ([\d.]+) ?(\w+)", text, flags=re.IGNORECASE)  # CPU: bytes
+        size = tried and (
+            f"{float(tried[1]) / 1e9:.1f} GB" if tried[2] == "bytes" else f"{tried[1]} {tried[2]}"
+        )
+        what = f"tried to allocate {size}" if tried else text.splitlines()[0][:120]
+        raise UserError(
+            f"out of memory ({what}); lower data.batch_size (trainer.accumulate_grad_batches=N keeps the "
+            "batch per step), data.block_size or the model's size"
+        ) from None
 
 
 def _job_failed(err: Exception, output_dir: Path, multirun: bool, job: int | None) -> None:
