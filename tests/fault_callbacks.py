@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 
 import lightning as L
 
@@ -60,3 +61,13 @@ class KillAfterStep(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ExitDuringTest(L.Callback):
+    """sys.exit(`code`) as the final test starts, as submitit's requeue handler does on SLURM's SIGUSR2."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        sys.exit(self.code)

@@ -183,6 +183,13 @@ def test_a_stop_signal_during_the_final_test_stops_as_interrupted_and_a_resume_t
     assert metrics["test_loss"] > 0
 
 
+def test_an_exit_during_the_final_test_that_is_not_a_ctrl_c_keeps_its_code(tmp_path):
+    run = [*TINY_RUN, "data.test_fraction=0.1", f"paths.log_dir={tmp_path}"]
+    fault = ["+callbacks.exit._target_=tests.fault_callbacks.ExitDuringTest", "+callbacks.exit.code=3"]
+    stopped = run_cli("train.py", *run, *fault, env={"PYTHONPATH": str(ROOT)})
+    assert stopped.returncode == 3 and "while testing" not in stopped.stdout + stopped.stderr
+
+
 def test_a_checkpoint_of_another_layout_is_not_resumed_and_is_left_as_it_is(tmp_path):
     """A sweep's re-run job rewrites its .hydra/config.yaml: the checkpoint itself says what wrote it."""
     overrides = [*TINY_RUN, "trainer.max_steps=20", "test=false"]
@@ -217,8 +224,17 @@ def test_a_run_dir_moved_or_copied_resumes_with_its_best_checkpoint_in_its_new_p
     assert_resumes_in_place(Path(shutil.move(original, tmp_path / "moved")))
 
 
-def assert_resumes_in_place(run_dir: Path) -> None:
-    resumed = run_cli("train.py", f"resume={run_dir}")
+def test_a_resume_that_moves_the_best_checkpoints_dir_keeps_testing_the_saved_best(tmp_path):
+    """The new dirpath holds no best checkpoint yet: Lightning's own restore (best_model_path only) stays."""
+    run_dir = tmp_path / "run"
+    run = [*TINY_RUN, "trainer.max_steps=20", "data.test_fraction=0.1", f"paths.log_dir={tmp_path}"]
+    first = run_cli("train.py", *run, f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert_resumes_in_place(run_dir, f"callbacks.best_checkpoint.dirpath={tmp_path / 'elsewhere'}")
+
+
+def assert_resumes_in_place(run_dir: Path, *overrides: str) -> None:
+    resumed = run_cli("train.py", f"resume={run_dir}", *overrides)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert Path(metrics["best_ckpt_path"]).parent == run_dir / "checkpoints" and metrics["test_loss"] > 0

@@ -142,11 +142,11 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     assert failed.stat().st_mtime_ns == 0
 
 
-def test_a_grid_run_again_with_a_value_added_finds_each_job_done_under_its_old_number_and_one_changed_is_refused(
+def test_a_grid_run_again_with_a_value_added_or_a_key_swept_finds_each_run_done_and_a_changed_key_is_refused(
     tmp_path,
 ):
-    """The added value shifts the later jobs' numbers: job 2 (dropout=0.1) is job 1's run, done before. Run
-    again with a key changed, the sweep is refused."""
+    """An added value or a newly swept key numbers and names the jobs otherwise: a job whose setting and seed
+    ran before is found in that run's dir. A fixed key changed is refused before anything is written."""
     sweep_dir = tmp_path / "sweep"
     quick = [
         *QUICK,
@@ -154,26 +154,45 @@ def test_a_grid_run_again_with_a_value_added_finds_each_job_done_under_its_old_n
         "trainer.val_check_interval=10",
         "hydra/launcher=resumable_basic",
     ]
-    first = run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.1"))
+
+    def sweep(*grid: str):
+        return run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, *grid))
+
+    first = sweep("model.dropout=0,0.1", "seed=1")
     assert first.returncode == 0, first.stderr[-3000:]
     before = files_of(sweep_dir / "1_dropout=0.1")
 
-    again = run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.05,0.1"))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in again.stdout
+    added = sweep("model.dropout=0,0.05,0.1", "seed=1")
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in added.stdout
     assert files_of(sweep_dir / "1_dropout=0.1") == before
-    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert jobs == ["0_dropout=0", "1_dropout=0.05", "1_dropout=0.1"]
-    assert status(sweep_dir / "1_dropout=0.05") == "finished"
 
-    # Run again with a key changed, a job dir's results would be taken for runs of other overrides: refused.
-    before = {job: files_of(sweep_dir / job) for job in jobs}
-    changed = run_cli(
-        "train.py", *sweep_args(tmp_path, sweep_dir, *quick, "model.dropout=0,0.1", "optimizer.lr=0.002")
-    )
-    assert_one_line_error(
-        changed,
-        f"hydra.sweep.dir={sweep_dir}: job dir 0_dropout=0 ran with other overrides than job 0 of this sweep (it "
-        "had: none; this sweep: optimizer.lr=0.002); continue a sweep with the command that started it, or",
-    )
-    assert {job: files_of(sweep_dir / job) for job in jobs} == before
+    swept = sweep("model.dropout=0,0.1", "seed=1,2")
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    assert f"job 0: done before ({sweep_dir / '0_dropout=0'}), skipped" in swept.stdout
+    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in swept.stdout
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == [
+        "0_dropout=0",
+        "1_dropout=0,seed=2",
+        "1_dropout=0.05",
+        "1_dropout=0.1",
+        "3_dropout=0.1,seed=2",
+    ]
+    assert all(status(sweep_dir / job) == "finished" for job in jobs)
+
+    # A fixed key changed: the jobs would take the earlier runs' results for theirs. Refused before any
+    # write (multirun.yaml included); without multirun.yaml, each job is checked against its dir.
+    before = files_of(sweep_dir)  # every job's files, and multirun.yaml
+    refusals = [
+        "its sweep ran with other fixed overrides (it had: none; this command: optimizer.lr=0.002); continue",
+        "job dir 0_dropout=0 ran with other overrides than job 0 of this sweep (it had: none; this sweep: "
+        "optimizer.lr=0.002); continue a sweep with the command that started it, or start a new sweep dir",
+    ]
+    for refusal in refusals:
+        changed = sweep("model.dropout=0,0.1", "seed=1", "optimizer.lr=0.002")
+        assert_one_line_error(changed, f"hydra.sweep.dir={sweep_dir}: {refusal}")
+        if refusal == refusals[0]:
+            (sweep_dir / "multirun.yaml").rename(tmp_path / "multirun.yaml")
+    (tmp_path / "multirun.yaml").replace(sweep_dir / "multirun.yaml")  # the one Hydra wrote meanwhile, gone
+    assert files_of(sweep_dir) == before

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
         sweep_config.hydra.job.id = idx if job_id is None else job_id
         sweep_config.hydra.job.num = idx
     run_dir, identity = job_dir(sweep_config), identity_of(overrides)
-    earlier = earlier_dir(run_dir, f"{idx}_", identity)
+    earlier = None if run_dir.exists() else earlier_dir(run_dir.parent, identity)
     if earlier is not None:
         with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
             sweep_config.hydra.sweep.subdir = earlier.name
@@ -66,19 +67,21 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
     return sweep_config
 
 
-def earlier_dir(run_dir: Path, number: str, identity: frozenset[str]) -> Path | None:
-    """The dir an earlier run of this sweep gave the job under another number (`7_wd=0,seed=3` for job 9:
-    the same name, setting and seed), where the job's own dir is not there: a re-run whose jobs are numbered
-    otherwise (a seed sweep whose failed job succeeds this time plans other rounds; a grid with a value
-    added) then skips or continues that run instead of training it again."""
-    if run_dir.exists() or not run_dir.name.startswith(number) or not run_dir.parent.is_dir():
+def earlier_dir(sweep_dir: Path, identity: frozenset[str]) -> Path | None:
+    """The job dir an earlier run of this sweep gave the same setting and seed, for a job whose own dir is
+    not there: a re-run whose jobs are numbered or named otherwise (a seed sweep whose failed job succeeds
+    this time plans other rounds; a grid with a value added, or a key newly swept) then skips or continues
+    that run instead of training it again. A finished one first, then the lowest job number."""
+    if not sweep_dir.is_dir():
         return None
-    name = run_dir.name.removeprefix(number)
-    for other in sorted(run_dir.parent.iterdir()):
-        other_number, _, other_name = other.name.partition("_")
-        if other_name == name and other_number.isdigit() and ran_with(other) == identity:
-            return other
-    return None
+    runs = [d for d in sweep_dir.iterdir() if d.is_dir() and ran_with(d) == identity]
+
+    def rank(run_dir: Path) -> tuple[bool, int, str]:
+        number = run_dir.name.partition("_")[0]
+        finished = read_json(run_dir / METRICS).get("status") == FINISHED
+        return not finished, int(number) if number.isdigit() else sys.maxsize, run_dir.name
+
+    return min(runs, key=rank, default=None)
 
 
 def identity_of(overrides: Sequence[str]) -> frozenset[str]:

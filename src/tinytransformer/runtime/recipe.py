@@ -211,8 +211,8 @@ def test_best(trainer: L.Trainer, module: LanguageModel, dm: TextDataModule, bes
         tested = trainer.test(module, datamodule=dm, verbose=False)
     except SIGTERMException as err:
         raise StoppedWhileTesting("SIGTERM") from err
-    except SystemExit as err:  # how Lightning ends on Ctrl-C (after on_exception saw its KeyboardInterrupt)
-        if trainer.interrupted:
+    except SystemExit as err:  # how Lightning ends on Ctrl-C: inside its `except KeyboardInterrupt`
+        if isinstance(err.__context__, KeyboardInterrupt):
             raise StoppedWhileTesting("SIGINT") from err
         raise
     return {k.replace("/", "_"): float(v) for k, v in tested[0].items()}

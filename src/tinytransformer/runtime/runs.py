@@ -91,6 +91,46 @@ def check_sweep_layout(sweep_dir: Path) -> None:
             check_layout(job_dir, f"hydra.sweep.dir={sweep_dir}: job dir {job_dir.name}", fix)
 
 
+def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
+    """A sweep dir run again continues its sweep: a command that fixes a key otherwise (changed, added or
+    dropped: `optimizer.lr=0.002`) is refused before anything is written there, or its jobs would take the
+    earlier runs' results for theirs. Swept keys may change (a value added, a key newly swept), and so may
+    paths and hydra.* keys; the launchers then check each job against its dir (resumable.job_config)."""
+    try:
+        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    except (OSError, TypeError, KeyError, yaml.YAMLError):  # no sweep there yet, or none we can read
+        return
+    theirs, ours = _fixed_and_swept(list(recorded)), _fixed_and_swept(overrides)
+    swept = theirs[1] | ours[1]
+    changed = sorted(
+        key for key in (theirs[0].keys() | ours[0].keys()) - swept if theirs[0].get(key) != ours[0].get(key)
+    )
+    if changed:
+        had = " ".join(theirs[0][k] for k in changed if k in theirs[0]) or "none"
+        has = " ".join(ours[0][k] for k in changed if k in ours[0]) or "none"
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir}: its sweep ran with other fixed overrides (it had: {had}; this "
+            f"command: {has}); continue a sweep with the command that started it, or start a new sweep dir "
+            "(nothing in it was changed)"
+        )
+
+
+def _fixed_and_swept(overrides: list[str]) -> tuple[dict[str, str], set[str]]:
+    """({key: override} of the keys a command fixes, the keys it sweeps), paths and hydra.* keys left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed, swept = {}, set()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.startswith(("hydra.", "hydra/", "paths.")):
+            continue
+        if override.is_sweep_override():
+            swept.add(key)
+        else:
+            fixed[key] = override.input_line
+    return fixed, swept
+
+
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are
 # restored from it, so a new value for these keys would be silently ignored or fail to load.
 FIXED_BY_CHECKPOINT = (

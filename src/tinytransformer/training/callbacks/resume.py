@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import threading
 from pathlib import Path
@@ -60,13 +61,18 @@ class LastCheckpoint(Checkpoint, OptimizerStepCallback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         """A run dir moved or copied since the checkpoint: its best checkpoints' paths move with it. From
         another dir, stock ModelCheckpoint restores best_model_path alone: it would test the old dir's file
-        (gone, if moved) and forget the best score and the top k."""
+        (gone, if moved) and forget the best score and the top k. (A dirpath changed on resume, whose dir
+        holds no best checkpoint, is left to Lightning.)"""
         for callback in trainer.checkpoint_callbacks:
             state = checkpoint["callbacks"].get(callback.state_key)
             if not isinstance(callback, ModelCheckpoint) or not state or state["dirpath"] == callback.dirpath:
                 continue
-            old, new = state["dirpath"], callback.dirpath
-            for key in ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path"):
+            old, new = state["dirpath"].rstrip(os.sep) + os.sep, callback.dirpath.rstrip(os.sep) + os.sep
+            best = state.get("best_model_path") or ""
+            if not (best.startswith(old) and os.path.isfile(new + best[len(old) :])):
+                continue
+            state["dirpath"] = callback.dirpath
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
                 if isinstance(state.get(key), str) and state[key].startswith(old):
                     state[key] = new + state[key][len(old) :]
             state["best_k_models"] = {
