@@ -120,8 +120,7 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
             assert trials[number].value == metrics(dirs[number])["best_val_loss"]
             assert trials[number].intermediate_values  # reported at each validation, with no pruner too
 
-    # The same fixed keys, the default params: dropout is an interval.
-    other_space = run_cli("train.py", *search(tmp_path, 4, "hydra.sweeper.pruner=null", "seed=0"))
+    other_space = run_cli("train.py", *search(tmp_path, 4))  # the default params: dropout is an interval
     assert other_space.returncode == 2 and other_space.stderr.strip().splitlines()[-1] == (
         "error: hydra.sweeper.study_name=train: that study searched another space (model.dropout differs in "
         "trial 0); give this search a new study name, or the same params"

@@ -142,11 +142,12 @@ def test_a_failed_job_runs_again_unless_skip_failed_is_set(tmp_path):
     assert failed.stat().st_mtime_ns == 0
 
 
-def test_a_grid_run_again_with_a_value_added_or_a_key_swept_finds_each_run_done_and_a_changed_key_is_refused(
+def test_a_grid_run_again_otherwise_finds_each_run_done_in_its_dir_and_trains_each_new_one_in_a_new_dir(
     tmp_path,
 ):
-    """An added value or a newly swept key numbers and names the jobs otherwise: a job whose setting and seed
-    ran before is found in that run's dir. A fixed key changed is refused before anything is written."""
+    """An added value, a newly swept or a narrowed key number and name the jobs otherwise: a job whose
+    setting and seed ran before is found in that run's dir. A job whose name is another run's (a fixed key
+    changed) gets a new dir beside it."""
     sweep_dir = tmp_path / "sweep"
     quick = [
         *QUICK,
@@ -155,44 +156,45 @@ def test_a_grid_run_again_with_a_value_added_or_a_key_swept_finds_each_run_done_
         "hydra/launcher=resumable_basic",
     ]
 
-    def sweep(*grid: str):
-        return run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, *grid))
+    def sweep(*grid: str) -> str:
+        result = run_cli("train.py", *sweep_args(tmp_path, sweep_dir, *quick, *grid))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
 
-    first = sweep("model.dropout=0,0.1", "seed=1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = files_of(sweep_dir / "1_dropout=0.1")
+    def done_before(job: int, run_dir: str) -> str:
+        return f"job {job}: done before ({sweep_dir / run_dir}), skipped"
 
-    added = sweep("model.dropout=0,0.05,0.1", "seed=1")
-    assert added.returncode == 0, added.stderr[-3000:]
-    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in added.stdout
-    assert files_of(sweep_dir / "1_dropout=0.1") == before
-
-    swept = sweep("model.dropout=0,0.1", "seed=1,2")
-    assert swept.returncode == 0, swept.stderr[-3000:]
-    assert f"job 0: done before ({sweep_dir / '0_dropout=0'}), skipped" in swept.stdout
-    assert f"job 2: done before ({sweep_dir / '1_dropout=0.1'}), skipped" in swept.stdout
+    sweep("model.dropout=0,0.1", "seed=1")
+    first = {job: files_of(sweep_dir / job) for job in ("0_dropout=0", "1_dropout=0.1")}
+    assert done_before(2, "1_dropout=0.1") in sweep("model.dropout=0,0.05,0.1", "seed=1")  # a value added
+    swept = sweep("model.dropout=0,0.1", "seed=1,2")  # a key newly swept: every name changes
+    assert done_before(0, "0_dropout=0") in swept and done_before(2, "1_dropout=0.1") in swept
+    narrowed = sweep("model.dropout=0,0.1", "seed=2")  # named 0_dropout=0 again, as the seed=1 run is
+    assert (
+        done_before(0, "1_dropout=0,seed=2") in narrowed
+        and done_before(1, "3_dropout=0.1,seed=2") in narrowed
+    )
+    sweep("model.dropout=0,0.1", "seed=1", "optimizer.lr=0.002")  # a fixed key changed: new runs
+    assert {job: files_of(sweep_dir / job) for job in first} == first  # never taken over
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert jobs == [
-        "0_dropout=0",
-        "1_dropout=0,seed=2",
-        "1_dropout=0.05",
-        "1_dropout=0.1",
-        "3_dropout=0.1,seed=2",
-    ]
+        "0_dropout=0", "0_dropout=0~2", "1_dropout=0,seed=2", "1_dropout=0.05", "1_dropout=0.1",
+        "1_dropout=0.1~2", "3_dropout=0.1,seed=2",
+    ]  # fmt: skip
     assert all(status(sweep_dir / job) == "finished" for job in jobs)
+    rows = {row[0]: row[1] for row in table_rows(compare(sweep_dir))}  # runs per setting: each seed once
+    assert rows["dropout=0"] == "2" and rows["dropout=0, lr=0.002"] == "1"
 
-    # A fixed key changed: the jobs would take the earlier runs' results for theirs. Refused before any
-    # write (multirun.yaml included); without multirun.yaml, each job is checked against its dir.
-    before = files_of(sweep_dir)  # every job's files, and multirun.yaml
-    refusals = [
-        "its sweep ran with other fixed overrides (it had: none; this command: optimizer.lr=0.002); continue",
-        "job dir 0_dropout=0 ran with other overrides than job 0 of this sweep (it had: none; this sweep: "
-        "optimizer.lr=0.002); continue a sweep with the command that started it, or start a new sweep dir",
-    ]
-    for refusal in refusals:
-        changed = sweep("model.dropout=0,0.1", "seed=1", "optimizer.lr=0.002")
-        assert_one_line_error(changed, f"hydra.sweep.dir={sweep_dir}: {refusal}")
-        if refusal == refusals[0]:
-            (sweep_dir / "multirun.yaml").rename(tmp_path / "multirun.yaml")
-    (tmp_path / "multirun.yaml").replace(sweep_dir / "multirun.yaml")  # the one Hydra wrote meanwhile, gone
-    assert files_of(sweep_dir) == before
+
+def test_a_run_dir_given_as_a_sweep_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run = run_cli(
+        "train.py", *QUICK, "trainer.max_steps=10", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}"
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = files_of(run_dir)
+    refused = run_cli("train.py", *sweep_args(tmp_path, run_dir, *QUICK, "model.dropout=0,0.1"))
+    assert_one_line_error(
+        refused, f"hydra.sweep.dir={run_dir}: is a run's dir, not a sweep's; pass a new dir"
+    )
+    assert files_of(run_dir) == before

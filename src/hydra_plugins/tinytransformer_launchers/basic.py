@@ -10,7 +10,6 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 
 from hydra_plugins.tinytransformer_launchers.resumable import job_config, register_launcher, skipped_job
-from tinytransformer.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ class ResumableBasicLauncher(BasicLauncher):
         super().__init__()
         self.skip_failed = skip_failed
 
-    @exit_on_user_error
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """BasicLauncher.launch (hydra-core 1.3), but a job done before is skipped before run_job, which
         would rewrite its .hydra/ files and open its log."""
@@ -38,11 +36,10 @@ class ResumableBasicLauncher(BasicLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs locally")
-        jobs = list(enumerate(job_overrides, start=initial_job_idx))
-        configs = [job_config(self, overrides, idx) for idx, overrides in jobs]  # all checked first
         returns: list[JobReturn] = []
-        for (idx, overrides), sweep_config in zip(jobs, configs, strict=True):
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = job_config(self, overrides, idx)
             skipped = skipped_job(sweep_config, self.skip_failed)
             if skipped:
                 log.info(skipped.line)

@@ -72,10 +72,7 @@ class ResumableParallelLauncher(Launcher):
         processes, self.threads = fit_processes(self.config, self.processes, len(job_overrides))
         each = f"{self.threads} thread{'s' if self.threads > 1 else ''} each"
         log.info(f"Launching {len(job_overrides)} jobs, {processes} at a time, {each}")
-        jobs = enumerate(job_overrides, start=initial_job_idx)
-        pending = [
-            (idx, overrides, job_config(self, overrides, idx)) for idx, overrides in jobs
-        ]  # all checked
+        pending = list(enumerate(job_overrides, start=initial_job_idx))
         self.workers += [None] * (processes - len(self.workers))  # a worker starts with its slot's first job
         slots = self.workers[:processes]
         returns: dict[int, JobReturn] = {}
@@ -113,7 +110,8 @@ class ResumableParallelLauncher(Launcher):
     def _next_job(self, pending: list, returns: dict[int, JobReturn]) -> "Job | None":
         """The next job to run; those done before are skipped on the way, their results kept."""
         while pending:
-            idx, overrides, sweep_config = pending.pop(0)
+            idx, overrides = pending.pop(0)
+            sweep_config = job_config(self, overrides, idx)
             with open_dict(sweep_config):
                 if sweep_config.trainer.get("threads_per_process") is None:  # a job's own (swept) stays
                     sweep_config.trainer.threads_per_process = self.threads

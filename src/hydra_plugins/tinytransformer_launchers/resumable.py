@@ -5,6 +5,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict, read_write
 
 from tinytransformer.comparison.records import split_overrides
-from tinytransformer.errors import UserError
 from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS
 
 
@@ -43,35 +43,32 @@ def job_dir(sweep_config: DictConfig) -> Path:
 
 
 def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int | None = None) -> DictConfig:
-    """Job `idx`'s config, as Hydra's launchers compose it, in the dir its run of this sweep has. Raises a
-    UserError where that dir holds a run of other overrides (a sweep run again with a key changed): its
-    results would be taken for this job's. Every launcher calls it for all jobs before it runs one."""
+    """Job `idx`'s config, as Hydra's launchers compose it, in the dir of its run: the job dir of this sweep
+    that ran its setting and seed, whatever its number and name, else a new one. A re-run may number and
+    name its jobs otherwise than the run before: a seed sweep whose failed job succeeds this time plans other
+    rounds, a value added to a grid shifts the numbers after it, a key newly swept renames every job. And a
+    job's name may be another run's (a fixed key changed, a swept key narrowed to a new value): it gets a
+    dir beside that one (`0_dropout=0~2`), whose results are never taken for its own."""
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx if job_id is None else job_id
         sweep_config.hydra.job.num = idx
     run_dir, identity = job_dir(sweep_config), identity_of(overrides)
-    earlier = None if run_dir.exists() else earlier_dir(run_dir.parent, identity)
-    if earlier is not None:
-        with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
-            sweep_config.hydra.sweep.subdir = earlier.name
-        run_dir = earlier
     ran = ran_with(run_dir)
-    if ran is not None and ran != identity:
-        theirs, ours = (" ".join(sorted(a - b)) or "none" for a, b in ((ran, identity), (identity, ran)))
-        raise UserError(
-            f"hydra.sweep.dir={run_dir.parent}: job dir {run_dir.name} ran with other overrides than job {idx} "
-            f"of this sweep (it had: {theirs}; this sweep: {ours}); continue a sweep with the command that "
-            "started it, or start a new sweep dir (nothing in it was changed)"
-        )
+    if ran == identity or (ran is None and run_dir.exists()):  # its own dir (Hydra has not written to it yet)
+        return sweep_config
+    subdir = earlier_dir(run_dir.parent, identity)
+    if subdir is None and ran is not None:  # the name is another run's
+        subdir = next(d for k in count(2) if not (d := run_dir.with_name(f"{run_dir.name}~{k}")).exists())
+    if subdir is not None:
+        with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
+            sweep_config.hydra.sweep.subdir = subdir.name  # job dirs are the sweep dir's children
     return sweep_config
 
 
 def earlier_dir(sweep_dir: Path, identity: frozenset[str]) -> Path | None:
-    """The job dir an earlier run of this sweep gave the same setting and seed, for a job whose own dir is
-    not there: a re-run whose jobs are numbered or named otherwise (a seed sweep whose failed job succeeds
-    this time plans other rounds; a grid with a value added, or a key newly swept) then skips or continues
-    that run instead of training it again. A finished one first, then the lowest job number."""
+    """The job dir an earlier run of this sweep gave the same setting and seed: a finished one first, then
+    the lowest job number."""
     if not sweep_dir.is_dir():
         return None
     runs = [d for d in sweep_dir.iterdir() if d.is_dir() and ran_with(d) == identity]

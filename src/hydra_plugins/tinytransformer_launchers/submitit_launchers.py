@@ -12,7 +12,6 @@ from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQu
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
 from hydra_plugins.tinytransformer_launchers.resumable import job_config, register_launcher, skipped_job
-from tinytransformer.errors import exit_on_user_error
 
 log = logging.getLogger(__name__)
 MODULE = "hydra_plugins.tinytransformer_launchers.submitit_launchers"
@@ -65,12 +64,7 @@ class ResumableSubmititLauncher(BaseSubmititLauncher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    @exit_on_user_error
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            job_config(
-                self, overrides, idx
-            )  # a job dir of other overrides is refused before any job is submitted
         returns = super().launch(job_overrides, initial_job_idx)
         for job in returns:  # the jobs' own output goes to .submitit/: say here which were skipped
             if getattr(job, "line", None):  # a SkippedJob

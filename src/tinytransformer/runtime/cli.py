@@ -48,13 +48,11 @@ def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> NoReturn:
     sys.exit(exit_code)
 
 
-def claim_output_dir(cfg, multirun: bool, overrides: list[str]) -> None:
+def claim_output_dir(cfg, multirun: bool) -> None:
     """Make the run dir (locked: one writer) or the sweep dir (checked writable) before Hydra does, so a
-    read-only or full disk, a run dir in use, or a sweep dir another version or command wrote costs one
-    line."""
+    read-only or full disk, a run dir in use, or a sweep dir another version wrote costs one line."""
     if multirun:
         runs.check_sweep_layout(Path(cfg.hydra.sweep.dir))
-        runs.check_same_sweep(Path(cfg.hydra.sweep.dir), overrides)
         runs.check_writable(Path(cfg.hydra.sweep.dir))
     else:
         runs.lock_run_dir(cfg.hydra.run.dir)
@@ -100,7 +98,7 @@ def train_main() -> None:
             else:  # Hydra would compose `${now:...}` again: keep the dir that was checked here
                 extra += runs.pinned_dirs(cfg, overrides + extra)
             if launch.is_rank_zero():
-                claim_output_dir(cfg, multirun, overrides)
+                claim_output_dir(cfg, multirun)
     except UserError as err:
         fail(str(err), err.exit_code)
     except OSError as err:

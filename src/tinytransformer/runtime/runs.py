@@ -83,52 +83,15 @@ def check_layout(run_dir: Path, key: str, new: str = "a new run") -> None:
 
 def check_sweep_layout(sweep_dir: Path) -> None:
     """check_layout for every job dir of a sweep run again that holds results: the first one another version
-    wrote is refused (a job killed before its first result runs again, as before)."""
+    wrote is refused (a job killed before its first result runs again, as before). A run's own dir is not a
+    sweep dir: its jobs would be written into it."""
+    if (Path(sweep_dir) / ".hydra" / "config.yaml").is_file():
+        raise UserError(f"hydra.sweep.dir={sweep_dir}: is a run's dir, not a sweep's; pass a new dir")
     for config in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
         job_dir = config.parent.parent
         if (job_dir / METRICS).is_file() or (job_dir / "checkpoints").is_dir():
             fix = "a new sweep dir, or move that job dir out of this one"
             check_layout(job_dir, f"hydra.sweep.dir={sweep_dir}: job dir {job_dir.name}", fix)
-
-
-def check_same_sweep(sweep_dir: Path, overrides: list[str]) -> None:
-    """A sweep dir run again continues its sweep: a command that fixes a key otherwise (changed, added or
-    dropped: `optimizer.lr=0.002`) is refused before anything is written there, or its jobs would take the
-    earlier runs' results for theirs. Swept keys may change (a value added, a key newly swept), and so may
-    paths and hydra.* keys; the launchers then check each job against its dir (resumable.job_config)."""
-    try:
-        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
-    except (OSError, TypeError, KeyError, yaml.YAMLError):  # no sweep there yet, or none we can read
-        return
-    theirs, ours = _fixed_and_swept(list(recorded)), _fixed_and_swept(overrides)
-    swept = theirs[1] | ours[1]
-    changed = sorted(
-        key for key in (theirs[0].keys() | ours[0].keys()) - swept if theirs[0].get(key) != ours[0].get(key)
-    )
-    if changed:
-        had = " ".join(theirs[0][k] for k in changed if k in theirs[0]) or "none"
-        has = " ".join(ours[0][k] for k in changed if k in ours[0]) or "none"
-        raise UserError(
-            f"hydra.sweep.dir={sweep_dir}: its sweep ran with other fixed overrides (it had: {had}; this "
-            f"command: {has}); continue a sweep with the command that started it, or start a new sweep dir "
-            "(nothing in it was changed)"
-        )
-
-
-def _fixed_and_swept(overrides: list[str]) -> tuple[dict[str, str], set[str]]:
-    """({key: override} of the keys a command fixes, the keys it sweeps), paths and hydra.* keys left out."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    fixed, swept = {}, set()
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key.startswith(("hydra.", "hydra/", "paths.")):
-            continue
-        if override.is_sweep_override():
-            swept.add(key)
-        else:
-            fixed[key] = override.input_line
-    return fixed, swept
 
 
 # What a checkpoint fixes: the weights' shapes and the optimizer state (its lr and decay included) are
