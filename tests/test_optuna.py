@@ -125,6 +125,12 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
         "error: hydra.sweeper.study_name=train: that study searched another space (model.dropout differs in "
         "trial 0); give this search a new study name, or the same params"
     )
+    # The same space under another seed: its trials would be compared with these as if alike.
+    other_seed = run_cli("train.py", *search(tmp_path, 4, "model.dropout=choice(0.1,-0.5)", "seed=1"))
+    assert other_seed.returncode == 2 and other_seed.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweeper.study_name=train: that study's trials ran with other fixed overrides (it had: "
+        "seed=0; this search: seed=1); give this search a new study name, or the same overrides"
+    )
 
 
 def test_a_trial_the_pruner_prunes_stops_at_that_validation_and_says_so(tmp_path):

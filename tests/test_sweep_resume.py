@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
 from tests.test_errors import assert_one_line_error
@@ -198,3 +199,32 @@ def test_a_run_dir_given_as_a_sweep_dir_is_refused(tmp_path):
         refused, f"hydra.sweep.dir={run_dir}: is a run's dir, not a sweep's; pass a new dir"
     )
     assert files_of(run_dir) == before
+
+
+def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_and_never_one_a_process_holds(tmp_path):
+    from hydra_plugins.tinytransformer_launchers.resumable import earlier_dir, identity_of
+    from tinytransformer.runtime.runs import lock_run_dir, release_run_dir
+
+    def job_dir(name: str, overrides: list[str], status: str | None = None):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        if status:
+            (tmp_path / name / "metrics.json").write_text(json.dumps({"status": status}))
+        return tmp_path / name
+
+    mine = [
+        "model.dropout=0.1",
+        "seed=2",
+        "paths.log_dir=/elsewhere",
+    ]  # paths are not part of a run's identity
+    job_dir("1_dropout=0.1", ["model.dropout=0.1", "seed=1"], "finished")  # another seed
+    killed = job_dir("7_dropout=0.1,seed=2", mine[:2])
+    assert earlier_dir(tmp_path, identity_of(mine)) == killed
+    finished = job_dir("9_dropout=0.1,seed=2", mine[:2], "finished")
+    job_dir("3_dropout=0.1,seed=2", mine[:2], "finished")
+    assert earlier_dir(tmp_path, identity_of(mine)) == tmp_path / "3_dropout=0.1,seed=2"
+    lock_run_dir(tmp_path / "3_dropout=0.1,seed=2")  # a job of this launch runs there
+    try:
+        assert earlier_dir(tmp_path, identity_of(mine)) == finished
+    finally:
+        release_run_dir(tmp_path / "3_dropout=0.1,seed=2")

@@ -1,5 +1,6 @@
 """Which jobs a re-run of a sweep does not run again, and what the sweeper gets back for them."""
 
+import functools
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict, read_write
 
 from tinytransformer.comparison.records import split_overrides
-from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS
+from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS, is_locked
 
 
 def register_launcher(name: str, node: type) -> None:
@@ -55,30 +56,30 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
         sweep_config.hydra.job.num = idx
     run_dir, identity = job_dir(sweep_config), identity_of(overrides)
     ran = ran_with(run_dir)
-    if ran == identity or (ran is None and run_dir.exists()):  # its own dir (Hydra has not written to it yet)
-        return sweep_config
-    subdir = earlier_dir(run_dir.parent, identity)
-    if subdir is None and ran is not None:  # the name is another run's
-        subdir = next(d for k in count(2) if not (d := run_dir.with_name(f"{run_dir.name}~{k}")).exists())
-    if subdir is not None:
-        with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
-            sweep_config.hydra.sweep.subdir = subdir.name  # job dirs are the sweep dir's children
+    if ran != identity:  # its own dir is new, empty, or another run's
+        subdir = earlier_dir(run_dir.parent, identity)
+        if subdir is None and ran is not None:  # the first sibling that is new, empty or its own
+            names = (run_dir.with_name(f"{run_dir.name}~{k}") for k in count(2))
+            subdir = next(d for d in names if ran_with(d) in (None, identity))
+        if subdir is not None:
+            with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
+                sweep_config.hydra.sweep.subdir = subdir.name  # job dirs are the sweep dir's children
     return sweep_config
 
 
 def earlier_dir(sweep_dir: Path, identity: frozenset[str]) -> Path | None:
-    """The job dir an earlier run of this sweep gave the same setting and seed: a finished one first, then
-    the lowest job number."""
+    """The job dir an earlier run of this sweep gave the same setting and seed, and no process holds (a job of
+    this launch with the same overrides keeps its own): a finished one first, then the lowest job number."""
     if not sweep_dir.is_dir():
         return None
-    runs = [d for d in sweep_dir.iterdir() if d.is_dir() and ran_with(d) == identity]
+    found = [d for d in sweep_dir.iterdir() if d.is_dir() and ran_with(d) == identity and not is_locked(d)]
 
     def rank(run_dir: Path) -> tuple[bool, int, str]:
         number = run_dir.name.partition("_")[0]
         finished = read_json(run_dir / METRICS).get("status") == FINISHED
         return not finished, int(number) if number.isdigit() else sys.maxsize, run_dir.name
 
-    return min(runs, key=rank, default=None)
+    return min(found, key=rank, default=None)
 
 
 def identity_of(overrides: Sequence[str]) -> frozenset[str]:
@@ -88,9 +89,19 @@ def identity_of(overrides: Sequence[str]) -> frozenset[str]:
 
 
 def ran_with(run_dir: Path) -> frozenset[str] | None:
-    """identity_of a run dir's overrides; None before Hydra wrote them."""
+    """identity_of a run dir's overrides; None before Hydra wrote them. Read once per version of the file:
+    every job of a sweep looks through the sweep dir."""
     try:
-        return identity_of(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()))
+        written = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
+    except OSError:
+        return None
+    return _ran_with(str(run_dir), written)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ran_with(run_dir: str, written: int) -> frozenset[str] | None:
+    try:
+        return identity_of(yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text()))
     except (OSError, TypeError, yaml.YAMLError):
         return None
 

@@ -16,7 +16,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from hydra_plugins.tinytransformer_sweepers.search_space import check_same_space, search_space, suggest
+from hydra_plugins.tinytransformer_sweepers.search_space import (
+    check_same_settings,
+    check_same_space,
+    search_space,
+    suggest,
+)
 from tinytransformer.errors import exit_on_user_error
 from tinytransformer.files import write_atomic
 from tinytransformer.runtime.studies import PRUNED_AT, open_storage, trial_id
@@ -76,6 +81,7 @@ class OptunaSweeper(Sweeper):
             load_if_exists=True,
         )
         check_same_space(study, space)
+        check_same_settings(study, fixed)
         log.info(f"study {s.study_name} ({s.storage}): {len(study.trials)} of {s.n_trials} trials so far")
         while (trial := self._next_trial(study, storage)) is not None:
             self._run_trial(study, storage, trial, space, fixed)

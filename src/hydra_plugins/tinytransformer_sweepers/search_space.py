@@ -20,6 +20,25 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     return space, fixed
 
 
+FIXED = "fixed_overrides"  # the study's user attribute that records them
+
+
+def check_same_settings(study, fixed: list[str]) -> None:
+    """A study continues only under the fixed overrides it started with (paths aside): trials trained
+    otherwise (another seed, max_steps or lr) would be compared, and sampled from, as if alike. The first
+    search of a study records them."""
+    ours = sorted(o for o in fixed if not o.lstrip("+~").startswith(("paths.", "hydra.")))
+    theirs = study.user_attrs.get(FIXED)
+    if theirs is None:
+        study.set_user_attr(FIXED, ours)
+    elif theirs != ours:
+        had, has = (" ".join(sorted(set(a) - set(b))) or "none" for a, b in ((theirs, ours), (ours, theirs)))
+        raise UserError(
+            f"hydra.sweeper.study_name={study.study_name}: that study's trials ran with other fixed overrides "
+            f"(it had: {had}; this search: {has}); give this search a new study name, or the same overrides"
+        )
+
+
 def distribution(override: Override):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
