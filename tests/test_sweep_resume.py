@@ -202,7 +202,8 @@ def test_a_run_dir_given_as_a_sweep_dir_is_refused(tmp_path):
 
 
 def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_and_never_one_a_process_holds(tmp_path):
-    from hydra_plugins.tinytransformer_launchers.resumable import earlier_dir, identity_of
+    from hydra_plugins.tinytransformer_launchers.resumable import earlier_dir
+    from tinytransformer.comparison.records import run_identity
     from tinytransformer.runtime.runs import lock_run_dir, release_run_dir
 
     def job_dir(name: str, overrides: list[str], status: str | None = None):
@@ -219,12 +220,12 @@ def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_and_never_one
     ]  # paths are not part of a run's identity
     job_dir("1_dropout=0.1", ["model.dropout=0.1", "seed=1"], "finished")  # another seed
     killed = job_dir("7_dropout=0.1,seed=2", mine[:2])
-    assert earlier_dir(tmp_path, identity_of(mine)) == killed
+    assert earlier_dir(tmp_path, run_identity(mine)) == killed
     finished = job_dir("9_dropout=0.1,seed=2", mine[:2], "finished")
     job_dir("3_dropout=0.1,seed=2", mine[:2], "finished")
-    assert earlier_dir(tmp_path, identity_of(mine)) == tmp_path / "3_dropout=0.1,seed=2"
+    assert earlier_dir(tmp_path, run_identity(mine)) == tmp_path / "3_dropout=0.1,seed=2"
     lock_run_dir(tmp_path / "3_dropout=0.1,seed=2")  # a job of this launch runs there
     try:
-        assert earlier_dir(tmp_path, identity_of(mine)) == finished
+        assert earlier_dir(tmp_path, run_identity(mine)) == finished
     finally:
         release_run_dir(tmp_path / "3_dropout=0.1,seed=2")

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict, read_write
 
-from tinytransformer.comparison.records import split_overrides
+from tinytransformer.comparison.records import run_identity
 from tinytransformer.runtime.runs import FAILED_FILE, FINISHED, METRICS, is_locked
 
 
@@ -54,7 +54,7 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx if job_id is None else job_id
         sweep_config.hydra.job.num = idx
-    run_dir, identity = job_dir(sweep_config), identity_of(overrides)
+    run_dir, identity = job_dir(sweep_config), run_identity(overrides)
     ran = ran_with(run_dir)
     if ran != identity:  # its own dir is new, empty, or another run's
         subdir = earlier_dir(run_dir.parent, identity)
@@ -82,14 +82,8 @@ def earlier_dir(sweep_dir: Path, identity: frozenset[str]) -> Path | None:
     return min(found, key=rank, default=None)
 
 
-def identity_of(overrides: Sequence[str]) -> frozenset[str]:
-    """What a job's overrides train (its setting and seed, as compare_runs groups runs): not its paths."""
-    setting, seed = split_overrides(list(overrides))
-    return frozenset(setting) | ({f"seed={seed}"} if seed is not None else set())
-
-
 def ran_with(run_dir: Path) -> frozenset[str] | None:
-    """identity_of a run dir's overrides; None before Hydra wrote them. Read once per version of the file:
+    """run_identity of a run dir's overrides; None before Hydra wrote them. Read once per version of the file:
     every job of a sweep looks through the sweep dir."""
     try:
         written = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
@@ -101,7 +95,7 @@ def ran_with(run_dir: Path) -> frozenset[str] | None:
 @functools.lru_cache(maxsize=4096)
 def _ran_with(run_dir: str, written: int) -> frozenset[str] | None:
     try:
-        return identity_of(yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text()))
+        return run_identity(yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text()))
     except (OSError, TypeError, yaml.YAMLError):
         return None
 

@@ -6,6 +6,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 
+from tinytransformer.comparison.records import run_identity
 from tinytransformer.errors import UserError
 
 
@@ -27,7 +28,7 @@ def check_same_settings(study, fixed: list[str]) -> None:
     """A study continues only under the fixed overrides it started with (paths aside): trials trained
     otherwise (another seed, max_steps or lr) would be compared, and sampled from, as if alike. The first
     search of a study records them."""
-    ours = sorted(o for o in fixed if not o.lstrip("+~").startswith(("paths.", "hydra.")))
+    ours = sorted(run_identity(fixed))
     theirs = study.user_attrs.get(FIXED)
     if theirs is None:
         study.set_user_attr(FIXED, ours)

@@ -27,7 +27,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from tinytransformer.comparison.groups import METRICS
-from tinytransformer.comparison.records import find_runs, split_overrides
+from tinytransformer.comparison.records import RunRecord, find_runs, split_overrides
 from tinytransformer.comparison.seed_rounds import Results, judge, next_seeds
 from tinytransformer.comparison.significance import ALPHA, DELTA, Rule, verdict_cell
 from tinytransformer.errors import UserError, exit_on_user_error
@@ -165,9 +165,12 @@ def read_results(
     sweep_dir: Path, plan: dict[tuple[str, ...], list[int]], results: Results, metric: str
 ) -> None:
     """The metric of each run the round planned, from its run dir, into `results`; None for a run that has
-    none (it failed); a finished one where a (setting, seed) has several. Only planned runs: a sweep dir may
-    hold later rounds of an earlier, larger sweep, and they must not change this one's decisions."""
-    found = {(run.setting, run.seed): run for run in sorted(find_runs(sweep_dir), key=lambda r: r.finished)}
+    none (it failed). Of several runs of a (setting, seed), the one compare_runs counts: the first finished.
+    Only planned runs: a sweep dir may hold later rounds of an earlier, larger sweep, and they must not
+    change this one's decisions."""
+    found: dict[tuple, RunRecord] = {}
+    for run in sorted(find_runs(sweep_dir), key=lambda r: not r.finished):  # stable: in name order
+        found.setdefault((run.setting, run.seed), run)
     for setting, seeds in plan.items():
         for seed in seeds:
             run = found.get((setting, str(seed)))

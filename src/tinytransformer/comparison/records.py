@@ -74,6 +74,12 @@ def split_overrides(overrides: list[str]) -> tuple[tuple[str, ...], str | None]:
     return tuple(sorted(setting)), seed
 
 
+def run_identity(overrides: list[str]) -> frozenset[str]:
+    """What a run's overrides train, its setting and seed (`seed=<n>`), as one set: not where it was written."""
+    setting, seed = split_overrides(list(overrides))
+    return frozenset(setting) | ({f"seed={seed}"} if seed is not None else set())
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 

@@ -61,6 +61,8 @@ class LanguageModel(L.LightningModule):
         regularizers: specs of the regularizers that need code, by name (tinytransformer.training.regularizers).
     """
 
+    _SUMS = ("_loss_sum", "_bits_sum", "_clipped_sum")  # the per-step sums since the last validation
+
     def __init__(
         self,
         model: dict[str, Any],
@@ -97,8 +99,7 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("_clipped_sum", torch.zeros(()))  # optimizer steps whose gradient was clipped
         self._steps_summed = 0
         # Each rank's own sums: DDP would copy rank 0's buffers over the others' before every forward.
-        sums = ["_loss_sum", "_bits_sum", "_clipped_sum"]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, sums)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, list(self._SUMS))
         self._finite_until_step = 0  # the last step at which the loss sum was seen finite
         self.stop_reason: str | None = None  # set by stop(): why a callback ended the run
 
@@ -189,7 +190,7 @@ class LanguageModel(L.LightningModule):
         checkpoint["train_steps_summed"] = self._steps_summed
         # Every rank saves (rank 0 writes): the sums are saved as the ranks' mean, so that a resume, which
         # restores them on every rank, logs the mean over ranks an uninterrupted run would.
-        for name in ("_loss_sum", "_bits_sum", "_clipped_sum"):
+        for name in self._SUMS:
             mean = self.trainer.strategy.reduce(getattr(self, name).clone(), reduce_op="mean")
             checkpoint["state_dict"][name] = mean
 
@@ -254,8 +255,8 @@ class LanguageModel(L.LightningModule):
             if clip:  # counted by norm only; every rank clipped the same averaged gradient
                 steps = self._steps_summed / self.trainer.accumulate_grad_batches  # optimizer steps
                 self.log("train/clip_fraction", self._clipped_sum / steps)
-            for buffer in (self._loss_sum, self._bits_sum, self._clipped_sum):
-                buffer.zero_()
+            for name in self._SUMS:
+                getattr(self, name).zero_()
             self._steps_summed = 0
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
