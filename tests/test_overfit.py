@@ -37,11 +37,8 @@ def test_the_seed_text_is_learned_by_heart_while_val_loss_rises(tmp_path):
 
 @pytest.mark.slow
 def test_a_small_slice_of_the_default_corpus_is_memorized_below_the_entropy_floor(tmp_path):
-    quick = [
-        "test=false",
-        "callbacks.sample_generation.every_n_steps=0",
-        "callbacks.early_stopping.patience=5",
-    ]
+    # The shipped patience: with less, the run can stop before train loss has gone far below the floor.
+    quick = ["test=false", "callbacks.sample_generation.every_n_steps=0"]
     r = train(compose_train(["experiment=overfit", *quick], tmp_path), tmp_path)
     # Below the floor on the training text is memorization: no model gets there on unseen text.
     assert r["final_train_bpc"] < r["entropy_floor_bpc"] < r["best_val_bpc"]

@@ -19,15 +19,18 @@ QUICK = [o for o in TINY_RUN if not o.startswith("callbacks.")] + ["callbacks=mi
 
 
 class GradientNorms(L.Callback):
-    """The global gradient norm that each optimizer step used (read after the step, before zero_grad)."""
+    """The global gradient norm and the largest gradient element that each optimizer step used (read after
+    the step, before zero_grad)."""
 
     def __init__(self):
         self.norms: list[float] = []
+        self.largest: list[float] = []
 
     def on_before_zero_grad(self, trainer, pl_module, optimizer):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads:
             self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+            self.largest.append(max(float(g.abs().max()) for g in grads))
 
 
 @pytest.mark.parametrize(
@@ -42,6 +45,15 @@ def test_clip_fraction_is_the_share_of_steps_whose_gradient_was_clipped(tmp_path
     if not fractions:
         return
     assert all(norm > 1e-6 for _, norm in read_scalars(tmp_path, "train/grad_norm"))  # the pre-clip norm
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16: the fused AdamW Lightning refuses
+def test_clipping_by_value_bounds_every_gradient_element_in_each_precision(tmp_path, monkeypatch, precision):
+    grads, build_callbacks = GradientNorms(), recipe.build_callbacks
+    monkeypatch.setattr(recipe, "build_callbacks", lambda *args: [*build_callbacks(*args), grads])
+    clip = ["trainer.gradient_clip_val=1e-4", "+trainer.gradient_clip_algorithm=value"]
+    train(compose_train([*QUICK, *clip, f"trainer.precision={precision}"], tmp_path), tmp_path)
+    assert len(grads.largest) > 30 and max(grads.largest) == pytest.approx(1e-4, rel=1e-6)
 
 
 def test_gradient_clip_val_bounds_every_steps_gradient_and_null_turns_clipping_and_its_metrics_off(

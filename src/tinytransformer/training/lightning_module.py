@@ -153,12 +153,16 @@ class LanguageModel(L.LightningModule):
         optimizer steps since the last one that were clipped. gradient_clip_val 0 measures without
         clipping; null (Lightning's default) does neither; by value, neither is measured. Gradients are unscaled
         here under 16-bit mixed precision (the recipe builds no fused optimizer there, whose gradients
-        Lightning would leave scaled), and averaged across processes under DDP."""
-        if gradient_clip_val is None or gradient_clip_algorithm == "value":
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        Lightning would leave scaled), and averaged across processes under DDP. Not `self.clip_gradients`:
+        under bf16-mixed it refuses the fused AdamW, which only fp16's gradient scaler would need."""
+        if gradient_clip_val is None:
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]  # as Lightning clips
+        if gradient_clip_algorithm == "value":
+            if gradient_clip_val > 0:
+                torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val, foreach=True)
             return
         max_norm = gradient_clip_val or math.inf
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]  # as Lightning clips
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
         self._clipped_sum += norm > max_norm
         if self._logging_step():
