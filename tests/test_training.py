@@ -79,24 +79,37 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("accelerator", "cuda_bf16", "cpu_flags", "expected"),
+    ("accelerator", "cuda_bf16", "cpu_flags", "vendor", "expected"),
     [
-        ("cpu", None, {"amx_tile"}, "bf16-mixed"),  # Intel Sapphire Rapids and later
-        ("cpu", None, {"avx512_bf16"}, "bf16-mixed"),  # AMD Zen 4 and later
-        ("cpu", None, {"avx512"}, "32-true"),  # bf16 would be emulated
-        ("cpu", None, set(), "32-true"),
-        ("gpu", True, set(), "bf16-mixed"),
-        ("gpu", False, {"amx_tile"}, "32-true"),  # a GPU without bf16 (V100, T4): fp32, whatever the CPU has
+        ("cpu", None, {"amx_tile", "avx512_bf16"}, "GenuineIntel", "bf16-mixed"),  # Sapphire Rapids and later
+        ("cpu", None, {"avx512_bf16"}, "AuthenticAMD", "bf16-mixed"),  # AMD Zen 4 and later
+        ("cpu", None, {"avx512_bf16"}, "GenuineIntel", "32-true"),  # bf16 at fp32's rate: Cooper Lake
+        ("cpu", None, {"avx512"}, "AuthenticAMD", "32-true"),  # bf16 would be emulated
+        ("cpu", None, set(), None, "32-true"),
+        ("gpu", True, set(), "GenuineIntel", "bf16-mixed"),
+        ("gpu", False, {"amx_tile"}, "GenuineIntel", "32-true"),  # a GPU without bf16 (V100, T4): fp32
     ],
 )
-def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(
-    monkeypatch, accelerator, cuda_bf16, cpu_flags, expected
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16_faster(
+    monkeypatch, tmp_path, accelerator, cuda_bf16, cpu_flags, vendor, expected
 ):
     for flag in ("amx_tile", "avx512_bf16", "avx512"):
         monkeypatch.setattr(torch.cpu, f"_is_{flag}_supported", lambda flag=flag: flag in cpu_flags)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bool(cuda_bf16))
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: A CPU\n")
+    cpuinfo = precision.cpuinfo
+    monkeypatch.setattr(precision, "cpuinfo", lambda field: cpuinfo(field, tmp_path / "cpuinfo"))
     assert precision.auto_precision(accelerator) == expected
+
+
+def test_cpuinfo_reads_a_field_and_is_none_where_there_is_no_such_field_or_file(tmp_path):
+    (tmp_path / "cpuinfo").write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
+    )
+    assert precision.cpuinfo("model name", tmp_path / "cpuinfo") == "AMD EPYC 9R14"
+    assert precision.cpuinfo("flags", tmp_path / "cpuinfo") is None
+    assert precision.cpuinfo("vendor_id", tmp_path / "missing") is None
 
 
 def test_a_bf16_mixed_cpu_run_records_its_precision_and_learns(tmp_path):

@@ -207,7 +207,7 @@ def run_benchmark(
     if recipe.device.type == "cpu":  # measured again: a disturbance may have hit the first measurement
         peak = max(peak, matmul_peak(matmul_size, dtype=torch.bfloat16 if recipe.bf16 else torch.float32))
         fp32_peak = max(fp32_peak, matmul_peak(matmul_size)) if recipe.bf16 else peak
-        if fp32_peak > peak:  # bf16 emulated (no AMX or AVX512-BF16): fp32 is the machine's peak, as in runs
+        if fp32_peak > peak:  # bf16 emulated, or slower than fp32: fp32 is the machine's peak, as in runs
             peak, peak_source = (
                 fp32_peak,
                 f"fp32 matmul {matmul_size}^3 (faster than bf16 here), best measured",

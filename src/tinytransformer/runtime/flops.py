@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tinytransformer.files import write_json_atomic
 from tinytransformer.model import build_model
+from tinytransformer.runtime.precision import cpuinfo
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ def measure_cpu_peak(dtype: torch.dtype, size: int = MATMUL_SIZE, trials: int = 
 
 def cpu_key(precision: str) -> str:
     """What a CPU peak depends on: the CPU, its count, torch's threads, the dtype, torch's version."""
-    model = "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), model)
+    model = cpuinfo("model name") or "unknown CPU"
     return f"{model} | {os.cpu_count()} CPUs | {torch.get_num_threads()} threads | {precision} | torch {torch.__version__}"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 
@@ -10,19 +12,31 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def auto_precision(accelerator: str) -> str:
-    """`trainer.precision=auto`: bf16-mixed where the hardware multiplies bf16 natively, else 32-true.
+def cpuinfo(field: str, path: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (vendor_id, model name), or None where there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:  # not Linux
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() == field), None)
 
-    That is CUDA GPUs with bf16 (Ampere and later), and CPUs with AMX (Intel Xeon since Sapphire Rapids) or
-    AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake). A static rule on the CPU's flags, never a timing
-    at start-up, which a machine's drift would make random. Validation and test are scored in fp32 either
-    way (LanguageModel.full_precision). The figures behind the rule: docs/performance.md.
+
+def auto_precision(accelerator: str) -> str:
+    """`trainer.precision=auto`: bf16-mixed where the hardware multiplies bf16 faster than fp32, else 32-true.
+
+    That is CUDA GPUs with bf16 (Ampere and later), CPUs with AMX (Intel Xeon since Sapphire Rapids), and AMD
+    CPUs with AVX512-BF16 (Zen 4 and later). An Intel CPU with AVX512-BF16 but no AMX (Cooper Lake, or a VM
+    that hides AMX) gets fp32: its bf16 dot product runs at the rate of its two fp32 FMA units, so bf16
+    matmuls gain nothing there and lose the conversions. A static rule on the CPU's flags and vendor, never a
+    timing at start-up, which a machine's drift would make random. Validation and test are scored in fp32
+    either way (LanguageModel.full_precision). The figures behind the rule: docs/performance.md.
     """
     if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    # AMX tiles or AVX512-BF16, by torch's own CPU feature checks (without them bf16 is emulated, slower).
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return "bf16-mixed" if any(getattr(torch.cpu, name, lambda: False)() for name in checks) else "32-true"
+    if torch.cpu._is_amx_tile_supported():
+        return "bf16-mixed"
+    amd_bf16 = torch.cpu._is_avx512_bf16_supported() and cpuinfo("vendor_id") == "AuthenticAMD"
+    return "bf16-mixed" if amd_bf16 else "32-true"
 
 
 def resolve_precision(cfg: DictConfig) -> None:
