@@ -36,6 +36,9 @@ TINY_RUN = [
     "callbacks.sample_generation.every_n_steps=20",
     "callbacks.sample_generation.max_new_tokens=30",
 ]
+# For a sweep of a few tiny jobs whose launcher is not what a test is about: the jobs run one after another in
+# the sweep's own process, forked with torch and Lightning imported, so no worker process imports them again.
+IN_PROCESS = "hydra/launcher=resumable_basic"
 
 
 def compose_train(overrides: list[str], output_dir: Path):

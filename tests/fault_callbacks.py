@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import lightning as L
 
@@ -71,3 +72,12 @@ class ExitDuringTest(L.Callback):
 
     def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         sys.exit(self.code)
+
+
+class SlowSteps(L.Callback):
+    """Sleeps $SLOW_STEP_S seconds after each training step where that variable is set: keeps a run going
+    while a test waits for it, without changing its numbers (the same run without the variable is fast)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if seconds := os.environ.get("SLOW_STEP_S"):
+            time.sleep(float(seconds))

@@ -3,12 +3,9 @@ torch.optim or an LR scheduler from torch.optim.lr_scheduler one YAML, all outsi
 each trains, resumes exactly, generates, evaluates, and shows up in compare_runs and the hparams."""
 
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -157,9 +154,7 @@ def test_the_extending_pages_commands_run_and_the_sweep_compares_every_extension
         args = [w for w in words if not re.match(r"^[A-Z_]+=", w)][1:]  # without `python`
         if args[0] == "scripts/train.py":
             args += small
-        done = subprocess.run(
-            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}
-        )
+        done = run_cli(args[0].removeprefix("scripts/"), *args[1:], env=env)  # PYTHONPATH too
         assert done.returncode == 0, (line, done.stderr[-2000:])
         runs = sorted(tmp_path.glob("train/runs/*/*"))
         run_dir = runs[-1] if runs else None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import IN_PROCESS, TINY_RUN, run_cli, start_cli, wait_until
 
 from tinytransformer.errors import EXIT_OS_ERROR
 from tinytransformer.runtime.cli import ROOT
@@ -115,6 +115,7 @@ def test_compare_runs_tells_a_finished_sweep_from_a_killed_run(tmp_path):
         "train.py",
         "-m",
         *TINY_RUN,
+        IN_PROCESS,
         "trainer.max_steps=30",
         "seed=1,2",
         "test=false",
@@ -277,6 +278,7 @@ def test_a_failed_write_in_one_sweep_job_is_recorded_and_the_next_job_runs(tmp_p
         "train.py",
         "-m",
         *TINY_RUN,
+        IN_PROCESS,
         "trainer.max_steps=20",
         "test=false",
         "data=text_file",

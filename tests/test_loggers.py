@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import IN_PROCESS, TINY_RUN, run_cli
 
 from tinytransformer.runtime import cli
 from tinytransformer.runtime.callbacks.hparams import HP_METRICS
@@ -38,7 +38,14 @@ def sweep(tmp_path_factory) -> tuple[Path, Path]:
     # No network: W&B offline (as the YAML says too), MLflow's usage telemetry off.
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
     result = run_cli(
-        "train.py", "-m", *QUICK, "model.dropout=0,0.1", loggers, f"paths.log_dir={log_dir}", env=env
+        "train.py",
+        "-m",
+        *QUICK,
+        IN_PROCESS,
+        "model.dropout=0,0.1",
+        loggers,
+        f"paths.log_dir={log_dir}",
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = list((log_dir / "train" / "multiruns").glob("*/*"))

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import yaml
-from tests.conftest import ROOT, TINY_RUN, run_cli
+from tests.conftest import IN_PROCESS, ROOT, TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.comparison.compare import compare
@@ -99,6 +99,7 @@ def seed_sweep(tmp_path, max_seeds: int, grid: str = "0,0.0,0.5", *extra: str, e
         *QUICK,
         *extra,
         "hydra/sweeper=seeds",
+        IN_PROCESS,
         f"optimizer.weight_decay={grid}",  # no baseline given: the grid's first
         *("hydra.sweeper.start_seeds=2", "hydra.sweeper.add_seeds=1", f"hydra.sweeper.max_seeds={max_seeds}"),
         # Nothing but identical runs decides: every other setting goes on.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import ROOT, TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
 from tests.test_errors import assert_one_line_error
 
@@ -22,6 +22,7 @@ QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
 SWEEP = [*QUICK, "seed=1,2,3", "trainer.threads_per_process=1"]
 JOBS = ["0_seed=1", "1_seed=2", "2_seed=3"]
 COMPARED = ("best_val_loss", "final_val_loss", "steps", "best_step")
+SLOW = "+callbacks.slow._target_=tests.fault_callbacks.SlowSteps"
 
 
 def metrics(run_dir: Path) -> dict:
@@ -49,10 +50,10 @@ def sweep_args(log_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("launcher", "steps"),
     # The second job checkpoints at step 20 and runs on: time to kill it before its end. Side by side, the
-    # first job must not end before then either.
+    # first job must not end before then either: the killed sweep's steps are slowed (SlowSteps).
     [
         ("resumable_basic", ["trainer.max_steps=100", "trainer.val_check_interval=50"]),
-        ("resumable_parallel", ["trainer.max_steps=1000", "trainer.val_check_interval=250"]),
+        ("resumable_parallel", ["trainer.max_steps=100", "trainer.val_check_interval=50", SLOW]),
     ],
 )
 def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(
@@ -62,11 +63,12 @@ def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted
     at a checkpoint: the killed sweep's jobs get SIGTERM."""
     reference_dir, sweep_dir = tmp_path / "reference", tmp_path / "sweep"
     sweep = [*SWEEP, *steps, f"hydra/launcher={launcher}"]
-    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *sweep))
+    env = {"PYTHONPATH": str(ROOT)}
+    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *sweep), env=env)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     args = sweep_args(tmp_path, sweep_dir, *sweep)
-    proc = start_cli("train.py", *args)
+    proc = start_cli("train.py", *args, env={**env, "SLOW_STEP_S": "0.2"})
     last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
     side_by_side = launcher == "resumable_parallel"
     # Side by side, job 0 may start later than job 1 (each worker imports torch): both must be training.
@@ -82,7 +84,7 @@ def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted
     assert not (sweep_dir / JOBS[2]).exists()
     before = files_of(sweep_dir / JOBS[0])
 
-    again = run_cli("train.py", *args)
+    again = run_cli("train.py", *args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     if side_by_side:
         assert f"job 0: continuing {sweep_dir / JOBS[0]} from" in again.stdout
@@ -201,9 +203,10 @@ def test_a_run_dir_given_as_a_sweep_dir_is_refused(tmp_path):
     assert files_of(run_dir) == before
 
 
-def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_and_never_one_a_process_holds(tmp_path):
+def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_never_held_and_failed_only_as_written(
+    tmp_path,
+):
     from hydra_plugins.tinytransformer_launchers.resumable import earlier_dir
-    from tinytransformer.comparison.records import run_identity
     from tinytransformer.runtime.runs import lock_run_dir, release_run_dir
 
     def job_dir(name: str, overrides: list[str], status: str | None = None):
@@ -220,12 +223,18 @@ def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_and_never_one
     ]  # paths are not part of a run's identity
     job_dir("1_dropout=0.1", ["model.dropout=0.1", "seed=1"], "finished")  # another seed
     killed = job_dir("7_dropout=0.1,seed=2", mine[:2])
-    assert earlier_dir(tmp_path, run_identity(mine)) == killed
+    assert earlier_dir(tmp_path, mine) == killed
     finished = job_dir("9_dropout=0.1,seed=2", mine[:2], "finished")
     job_dir("3_dropout=0.1,seed=2", mine[:2], "finished")
-    assert earlier_dir(tmp_path, run_identity(mine)) == tmp_path / "3_dropout=0.1,seed=2"
+    assert earlier_dir(tmp_path, mine) == tmp_path / "3_dropout=0.1,seed=2"
     lock_run_dir(tmp_path / "3_dropout=0.1,seed=2")  # a job of this launch runs there
     try:
-        assert earlier_dir(tmp_path, run_identity(mine)) == finished
+        assert earlier_dir(tmp_path, mine) == finished
     finally:
         release_run_dir(tmp_path / "3_dropout=0.1,seed=2")
+    # A failed dir only for the same overrides as written: its failure may come from a path.
+    for name in ("3_dropout=0.1,seed=2", "9_dropout=0.1,seed=2"):
+        shutil.rmtree(tmp_path / name)
+    (killed / "failed.json").write_text("{}")
+    assert earlier_dir(tmp_path, mine) is None
+    assert earlier_dir(tmp_path, mine[:2]) == killed

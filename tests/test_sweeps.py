@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import TINY_RUN, compose_train, run_cli
+from tests.conftest import IN_PROCESS, TINY_RUN, compose_train, run_cli
 from tests.test_compare_runs import table_rows
 
 from tinytransformer.comparison.compare import compare
@@ -39,7 +39,9 @@ ISSUE_KEYS |= {"seed", "lr", "d_model", "n_heads", "n_layers", "block_size", "ba
 def sweep(tmp_path_factory) -> tuple[Path, str]:
     log_dir = tmp_path_factory.mktemp("logs")
     sweep_args = ["model.dropout=0,-0.5,0.2", "seed=1,2"]
-    result = run_cli("train.py", "-m", *TINY_RUN, "test=false", *sweep_args, f"paths.log_dir={log_dir}")
+    result = run_cli(
+        "train.py", "-m", *TINY_RUN, IN_PROCESS, "test=false", *sweep_args, f"paths.log_dir={log_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = list((log_dir / "train" / "multiruns").glob("*/*"))
     return sweep_dir, result.stdout

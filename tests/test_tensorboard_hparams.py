@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import IN_PROCESS, run_cli
 from tests.test_loggers import QUICK
 
 from tinytransformer.runtime.callbacks.hparams import HP_METRICS
@@ -33,7 +33,7 @@ LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
     log_dir = tmp_path_factory.mktemp("logs")
-    result = run_cli("train.py", "-m", *QUICK, "model.dropout=0,0.1", f"paths.log_dir={log_dir}")
+    result = run_cli("train.py", "-m", *QUICK, IN_PROCESS, "model.dropout=0,0.1", f"paths.log_dir={log_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = list((log_dir / "train" / "multiruns").glob("*/*"))
     return sweep

@@ -57,7 +57,7 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
     run_dir, identity = job_dir(sweep_config), run_identity(overrides)
     ran = ran_with(run_dir)
     if ran != identity:  # its own dir is new, empty, or another run's
-        subdir = earlier_dir(run_dir.parent, identity)
+        subdir = earlier_dir(run_dir.parent, overrides)
         if subdir is None and ran is not None:  # the first sibling that is new, empty or its own
             names = (run_dir.with_name(f"{run_dir.name}~{k}") for k in count(2))
             subdir = next(d for d in names if ran_with(d) in (None, identity))
@@ -67,37 +67,52 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
     return sweep_config
 
 
-def earlier_dir(sweep_dir: Path, identity: frozenset[str]) -> Path | None:
+def earlier_dir(sweep_dir: Path, overrides: Sequence[str]) -> Path | None:
     """The job dir an earlier run of this sweep gave the same setting and seed, and no process holds (a job of
-    this launch with the same overrides keeps its own): a finished one first, then the lowest job number."""
+    this launch with the same overrides keeps its own): a finished one first, then the lowest job number. A
+    failed dir is taken only by the same overrides as written: its failure may come from a key the identity
+    leaves out (paths.cache_dir), and another job taking it would erase that failure's record."""
     if not sweep_dir.is_dir():
         return None
-    found = [d for d in sweep_dir.iterdir() if d.is_dir() and ran_with(d) == identity and not is_locked(d)]
+    identity, written = run_identity(overrides), frozenset(overrides)
+
+    def same_run(run_dir: Path) -> bool:
+        ran = written_overrides(run_dir)
+        if ran is None or run_identity(ran) != identity or is_locked(run_dir):
+            return False
+        return frozenset(ran) == written or not (run_dir / FAILED_FILE).is_file()
 
     def rank(run_dir: Path) -> tuple[bool, int, str]:
         number = run_dir.name.partition("_")[0]
         finished = read_json(run_dir / METRICS).get("status") == FINISHED
         return not finished, int(number) if number.isdigit() else sys.maxsize, run_dir.name
 
-    return min(found, key=rank, default=None)
+    return min((d for d in sweep_dir.iterdir() if d.is_dir() and same_run(d)), key=rank, default=None)
 
 
 def ran_with(run_dir: Path) -> frozenset[str] | None:
-    """run_identity of a run dir's overrides; None before Hydra wrote them. Read once per version of the file:
+    """run_identity of a run dir's overrides; None before Hydra wrote them."""
+    written = written_overrides(run_dir)
+    return None if written is None else run_identity(written)
+
+
+def written_overrides(run_dir: Path) -> tuple[str, ...] | None:
+    """A run dir's overrides as written; None before Hydra wrote them. Read once per version of the file:
     every job of a sweep looks through the sweep dir."""
     try:
-        written = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
+        mtime = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
     except OSError:
         return None
-    return _ran_with(str(run_dir), written)
+    return _written_overrides(str(run_dir), mtime)
 
 
 @functools.lru_cache(maxsize=4096)
-def _ran_with(run_dir: str, written: int) -> frozenset[str] | None:
+def _written_overrides(run_dir: str, mtime: int) -> tuple[str, ...] | None:
     try:
-        return run_identity(yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text()))
-    except (OSError, TypeError, yaml.YAMLError):
+        written = yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
         return None
+    return tuple(map(str, written)) if isinstance(written, list) else None
 
 
 def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | None:
