@@ -150,6 +150,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_lowest_best_val_loss(tmp_
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         *TINY_RUN,
+        IN_PROCESS,
         *quick,
         f"paths.log_dir={tmp_path}",
     ]
