@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import IN_PROCESS, TINY_RUN, run_cli, start_cli, wait_until
 
 QUICK = [*TINY_RUN, "callbacks.sample_generation.every_n_steps=0", "test=false"]
 # Heartbeats every second: a trial of a killed search counts as stale after 2 s, not the default 120.
@@ -86,7 +86,7 @@ def test_a_killed_search_started_again_runs_only_the_trials_it_has_left(tmp_path
 
 
 def test_two_workers_on_one_sqlite_study_run_its_trials_together_each_once(tmp_path):
-    args = search(tmp_path, 4, "trainer.max_steps=60")
+    args = search(tmp_path, 4, "trainer.max_steps=60", IN_PROCESS)  # the workers are the two searches
     with open(tmp_path / "worker0.log", "w") as out0, open(tmp_path / "worker1.log", "w") as out1:
         workers = [start_cli("train.py", *args, output=out) for out in (out0, out1)]
         codes = [w.wait(timeout=300) for w in workers]
@@ -104,7 +104,9 @@ def test_two_workers_on_one_sqlite_study_run_its_trials_together_each_once(tmp_p
 
 def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
     # -0.5 is out of range: those trials fail before training. The seed draws both values in 4 trials.
-    args = search(tmp_path, 4, "model.dropout=choice(0.1,-0.5)", "hydra.sweeper.pruner=null", "seed=0")
+    args = search(
+        tmp_path, 4, "model.dropout=choice(0.1,-0.5)", "hydra.sweeper.pruner=null", "seed=0", IN_PROCESS
+    )
     result = run_cli("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     trials, dirs = study_of(tmp_path).trials, trial_dirs(tmp_path)
@@ -135,7 +137,7 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
 
 def test_a_trial_the_pruner_prunes_stops_at_that_validation_and_says_so(tmp_path):
     prune_at_once = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0.01"]
-    result = run_cli("train.py", *search(tmp_path, 1, *prune_at_once))
+    result = run_cli("train.py", *search(tmp_path, 1, *prune_at_once, IN_PROCESS))
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = study_of(tmp_path).trials
     assert trial.state.name == "PRUNED"

@@ -203,10 +203,11 @@ def test_a_run_dir_given_as_a_sweep_dir_is_refused(tmp_path):
     assert files_of(run_dir) == before
 
 
-def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_never_held_and_failed_only_as_written(
+def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_never_held_or_given_in_this_launch(
     tmp_path,
 ):
     from hydra_plugins.tinytransformer_launchers.resumable import earlier_dir
+    from tinytransformer.comparison.records import run_identity
     from tinytransformer.runtime.runs import lock_run_dir, release_run_dir
 
     def job_dir(name: str, overrides: list[str], status: str | None = None):
@@ -223,18 +224,14 @@ def test_an_earlier_run_is_the_finished_one_then_the_lowest_number_never_held_an
     ]  # paths are not part of a run's identity
     job_dir("1_dropout=0.1", ["model.dropout=0.1", "seed=1"], "finished")  # another seed
     killed = job_dir("7_dropout=0.1,seed=2", mine[:2])
-    assert earlier_dir(tmp_path, mine) == killed
+    assert earlier_dir(tmp_path, run_identity(mine)) == killed
     finished = job_dir("9_dropout=0.1,seed=2", mine[:2], "finished")
     job_dir("3_dropout=0.1,seed=2", mine[:2], "finished")
-    assert earlier_dir(tmp_path, mine) == tmp_path / "3_dropout=0.1,seed=2"
+    assert earlier_dir(tmp_path, run_identity(mine)) == tmp_path / "3_dropout=0.1,seed=2"
     lock_run_dir(tmp_path / "3_dropout=0.1,seed=2")  # a job of this launch runs there
     try:
-        assert earlier_dir(tmp_path, mine) == finished
+        assert earlier_dir(tmp_path, run_identity(mine)) == finished
     finally:
         release_run_dir(tmp_path / "3_dropout=0.1,seed=2")
-    # A failed dir only for the same overrides as written: its failure may come from a path.
-    for name in ("3_dropout=0.1,seed=2", "9_dropout=0.1,seed=2"):
-        shutil.rmtree(tmp_path / name)
-    (killed / "failed.json").write_text("{}")
-    assert earlier_dir(tmp_path, mine) is None
-    assert earlier_dir(tmp_path, mine[:2]) == killed
+    # Nor one given to another job of this launch (which may have ended: no lock).
+    assert earlier_dir(tmp_path, run_identity(mine), given={tmp_path / "3_dropout=0.1,seed=2"}) == finished

@@ -4,7 +4,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -49,70 +49,64 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
     name its jobs otherwise than the run before: a seed sweep whose failed job succeeds this time plans other
     rounds, a value added to a grid shifts the numbers after it, a key newly swept renames every job. And a
     job's name may be another run's (a fixed key changed, a swept key narrowed to a new value): it gets a
-    dir beside that one (`0_dropout=0~2`), whose results are never taken for its own."""
+    dir beside that one (`0_dropout=0~2`), whose results are never taken for its own. A dir given to another
+    job of this launcher (this invocation, in its process) is never given again: jobs whose overrides differ
+    only where the identity looks away (paths.cache_dir), or Optuna trials that drew the same point, each
+    keep their own dir and failed.json."""
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = idx if job_id is None else job_id
         sweep_config.hydra.job.num = idx
+    given: set[Path] = vars(launcher).setdefault("given_dirs", set())  # to this invocation's jobs
     run_dir, identity = job_dir(sweep_config), run_identity(overrides)
     ran = ran_with(run_dir)
     if ran != identity:  # its own dir is new, empty, or another run's
-        subdir = earlier_dir(run_dir.parent, overrides)
+        subdir = earlier_dir(run_dir.parent, identity, given)
         if subdir is None and ran is not None:  # the first sibling that is new, empty or its own
             names = (run_dir.with_name(f"{run_dir.name}~{k}") for k in count(2))
-            subdir = next(d for d in names if ran_with(d) in (None, identity))
+            subdir = next(d for d in names if ran_with(d) in (None, identity) and d not in given)
         if subdir is not None:
             with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
                 sweep_config.hydra.sweep.subdir = subdir.name  # job dirs are the sweep dir's children
+    given.add(job_dir(sweep_config))
     return sweep_config
 
 
-def earlier_dir(sweep_dir: Path, overrides: Sequence[str]) -> Path | None:
-    """The job dir an earlier run of this sweep gave the same setting and seed, and no process holds (a job of
-    this launch with the same overrides keeps its own): a finished one first, then the lowest job number. A
-    failed dir is taken only by the same overrides as written: its failure may come from a key the identity
-    leaves out (paths.cache_dir), and another job taking it would erase that failure's record."""
+def earlier_dir(sweep_dir: Path, identity: frozenset[str], given: Collection[Path] = ()) -> Path | None:
+    """The job dir an earlier run of this sweep gave the same setting and seed, that no process holds and
+    that is not in `given` (dirs given to jobs of this launch): a finished one first, then the lowest job
+    number."""
     if not sweep_dir.is_dir():
         return None
-    identity, written = run_identity(overrides), frozenset(overrides)
-
-    def same_run(run_dir: Path) -> bool:
-        ran = written_overrides(run_dir)
-        if ran is None or run_identity(ran) != identity or is_locked(run_dir):
-            return False
-        return frozenset(ran) == written or not (run_dir / FAILED_FILE).is_file()
 
     def rank(run_dir: Path) -> tuple[bool, int, str]:
         number = run_dir.name.partition("_")[0]
         finished = read_json(run_dir / METRICS).get("status") == FINISHED
         return not finished, int(number) if number.isdigit() else sys.maxsize, run_dir.name
 
-    return min((d for d in sweep_dir.iterdir() if d.is_dir() and same_run(d)), key=rank, default=None)
+    found = (
+        d for d in sweep_dir.iterdir()
+        if d.is_dir() and d not in given and ran_with(d) == identity and not is_locked(d)
+    )  # fmt: skip
+    return min(found, key=rank, default=None)
 
 
 def ran_with(run_dir: Path) -> frozenset[str] | None:
-    """run_identity of a run dir's overrides; None before Hydra wrote them."""
-    written = written_overrides(run_dir)
-    return None if written is None else run_identity(written)
-
-
-def written_overrides(run_dir: Path) -> tuple[str, ...] | None:
-    """A run dir's overrides as written; None before Hydra wrote them. Read once per version of the file:
+    """run_identity of a run dir's overrides; None before Hydra wrote them. Read once per version of the file:
     every job of a sweep looks through the sweep dir."""
     try:
-        mtime = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
+        written = (run_dir / ".hydra" / "overrides.yaml").stat().st_mtime_ns
     except OSError:
         return None
-    return _written_overrides(str(run_dir), mtime)
+    return _ran_with(str(run_dir), written)
 
 
 @functools.lru_cache(maxsize=4096)
-def _written_overrides(run_dir: str, mtime: int) -> tuple[str, ...] | None:
+def _ran_with(run_dir: str, written: int) -> frozenset[str] | None:
     try:
-        written = yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        return run_identity(yaml.safe_load((Path(run_dir) / ".hydra" / "overrides.yaml").read_text()))
+    except (OSError, TypeError, yaml.YAMLError):
         return None
-    return tuple(map(str, written)) if isinstance(written, list) else None
 
 
 def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | None:
