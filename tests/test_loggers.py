@@ -160,7 +160,7 @@ except Exception as err:
 """
 
 
-def start_together(logger_class: str, db: Path, processes: int = 3) -> list[str]:
+def start_together(logger_class: str, db: Path, processes: int = 2) -> list[str]:
     db.parent.mkdir()
     env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     procs = [
@@ -185,7 +185,7 @@ def test_mlflow_runs_that_start_together_on_one_new_sqlite_store_all_start(tmp_p
     stock = start_together("lightning.pytorch.loggers.MLFlowLogger", tmp_path / "stock" / "mlflow.db")
     assert any(line.startswith("failed:") for line in stock), stock
     ours = start_together("tinytransformer.runtime.loggers.MLFlowLogger", tmp_path / "ours" / "mlflow.db")
-    assert ours == ["ok"] * 3
+    assert ours == ["ok"] * 2
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ours' / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "train"]
-    assert len(client.search_runs([experiment.experiment_id])) == 3
+    assert len(client.search_runs([experiment.experiment_id])) == 2
