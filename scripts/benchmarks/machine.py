@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tinytransformer.runtime.flops import gpu_peak, measure_cpu_peak
+from tinytransformer.runtime.precision import cpuinfo
 
 QUIET_LIMIT = 0.1  # CPU-s per s used by other processes above which timings are not trusted
 HZ = os.sysconf("SC_CLK_TCK")
@@ -61,8 +62,7 @@ def other_cpu_per_s(before: CpuSample, after: CpuSample) -> float:
 
 
 def describe_machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
+    cpu = cpuinfo("model name") or "unknown CPU"
     text = (
         f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )

@@ -59,7 +59,7 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
         sweep_config.hydra.job.num = idx
     given: set[Path] = vars(launcher).setdefault("given_dirs", set())  # to this invocation's jobs
     run_dir, identity = job_dir(sweep_config), run_identity(overrides)
-    ran = ran_with(run_dir)
+    ran, subdir = ran_with(run_dir), None
     if ran != identity:  # its own dir is new, empty, or another run's
         subdir = earlier_dir(run_dir.parent, identity, given)
         if subdir is None and ran is not None:  # the first sibling that is new, empty or its own
@@ -68,7 +68,7 @@ def job_config(launcher, overrides: Sequence[str], idx: int, job_id: str | int |
         if subdir is not None:
             with read_write(sweep_config.hydra), open_dict(sweep_config.hydra):
                 sweep_config.hydra.sweep.subdir = subdir.name  # job dirs are the sweep dir's children
-    given.add(job_dir(sweep_config))
+    given.add(subdir or run_dir)
     return sweep_config
 
 
@@ -78,16 +78,14 @@ def earlier_dir(sweep_dir: Path, identity: frozenset[str], given: Collection[Pat
     number."""
     if not sweep_dir.is_dir():
         return None
+    found = [d for d in sweep_dir.iterdir() if d.is_dir() and d not in given and ran_with(d) == identity]
+    found = [d for d in found if not is_locked(d)]
 
     def rank(run_dir: Path) -> tuple[bool, int, str]:
         number = run_dir.name.partition("_")[0]
         finished = read_json(run_dir / METRICS).get("status") == FINISHED
         return not finished, int(number) if number.isdigit() else sys.maxsize, run_dir.name
 
-    found = (
-        d for d in sweep_dir.iterdir()
-        if d.is_dir() and d not in given and ran_with(d) == identity and not is_locked(d)
-    )  # fmt: skip
     return min(found, key=rank, default=None)
 
 

@@ -18,7 +18,11 @@ def cpuinfo(field: str, path: Path = Path("/proc/cpuinfo")) -> str | None:
         lines = path.read_text().splitlines()
     except OSError:  # not Linux
         return None
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() == field), None)
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip()
+    return None
 
 
 def auto_precision(accelerator: str) -> str:
