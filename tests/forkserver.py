@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 # Third-party only: what `import tinytransformer.runtime.cli` and a training run pull in.
-PRELOAD = ("torch", "lightning.pytorch", "hydra", "omegaconf", "torchmetrics", "tensorboard", "scipy.stats")
+PRELOAD = ("torch", "lightning.pytorch", "hydra", "omegaconf", "torchmetrics", "tensorboard")
 MAX_MESSAGE = 1 << 20
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from tests.conftest import IN_PROCESS, ROOT, TINY_RUN, run_cli
 from tests.test_compare_runs import table_rows
+from tests.test_significance import tail_by_integration
 
 from tinytransformer.comparison.compare import compare
 from tinytransformer.comparison.seed_rounds import judge, next_seeds, simulate
@@ -53,11 +54,11 @@ def test_a_clear_effect_is_better_a_null_one_equivalent_a_noisy_one_undecided_wi
 
 
 def test_seeds_needed_is_the_first_look_whose_ci_would_clear_at_the_observed_spread():
-    from scipy import stats
-
     n = seeds_needed(diff=-0.05, sd=0.03, n=3, rule=SWEEP_RULE)
-    half_width = {m: stats.t.ppf(1 - SWEEP_RULE.alpha_at(m) / 2, m - 1) * 0.03 / m**0.5 for m in (5, 7, 9)}
-    assert half_width[5] > 0.05 > half_width[7] and n == 7
+    # At m seeds the CI's half-width is below 0.05 where t = 0.05 / (0.03 / sqrt(m)) has a p below that
+    # look's alpha: not at the look of 5 seeds, first at the look of 7.
+    p = {m: tail_by_integration(0.05 / (0.03 / m**0.5), m - 1) for m in (5, 7)}
+    assert p[5] > SWEEP_RULE.alpha_at(5) and p[7] < SWEEP_RULE.alpha_at(7) and n == 7
     assert seeds_needed(diff=0.0, sd=0.001, n=2, rule=Rule()) == 3  # a fixed sweep may decide at any count
 
 

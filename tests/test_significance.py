@@ -7,7 +7,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-from scipy import stats
 from tests.test_compare_runs import make_job, results, table_rows
 
 from tinytransformer.comparison.compare import compare, compare_main
@@ -17,8 +16,42 @@ from tinytransformer.comparison.significance import (
     against_baseline,
     comparison_cells,
     seed_pairs,
+    t_critical,
+    two_sided_p,
     verdict,
 )
+
+
+def tail_by_integration(t: float, df: float, steps: int = 20_000) -> float:
+    """P(|T| >= |t|) for Student's t, by Simpson's rule over its density: an oracle that shares nothing with
+    the continued fraction significance.py uses."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def density(x: float) -> float:
+        return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
+
+    h = abs(t) / steps
+    weights = (4 if i % 2 else 2 for i in range(1, steps))
+    simpson = density(0) + density(abs(t)) + sum(w * density(i * h) for i, w in enumerate(weights, 1))
+    return 1 - 2 * simpson * h / 3
+
+
+def test_the_t_distribution_matches_its_closed_forms_its_normal_limit_and_its_density():
+    for t in (0.0, 0.3, 1.0, 2.5, 12.7, 300.0):
+        assert two_sided_p(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-9)  # Cauchy
+        assert two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    for t in (0.3, 1.0, 2.5, 4.0):
+        assert two_sided_p(t, 1e6) == pytest.approx(2 * statistics.NormalDist().cdf(-t), rel=1e-4)
+    for t, df in ((0.7, 2.6), (2.1, 4.9592), (3.3, 7.25), (1.9, 40.5)):
+        assert two_sided_p(t, df) == pytest.approx(tail_by_integration(t, df), rel=1e-8)
+    # Quantiles: df 1 and 2 in closed form; the tables' t(0.975, 10) = 2.2281 and t(0.995, 30) = 2.7500.
+    for alpha in (0.2, 0.05, 0.0125, 0.001):
+        assert t_critical(alpha, 1) == pytest.approx(math.tan(math.pi * (1 - alpha) / 2), rel=1e-9)
+        q = 1 - alpha
+        assert t_critical(alpha, 2) == pytest.approx(q * math.sqrt(2 / (1 - q * q)), rel=1e-9)
+    assert (round(t_critical(0.05, 10), 4), round(t_critical(0.01, 30), 4)) == (2.2281, 2.75)
+    assert two_sided_p(t_critical(0.05, 4.9592), 4.9592) == pytest.approx(0.05, rel=1e-9)
+
 
 BASELINE = [("1", 1.3), ("2", 1.4), ("3", 1.2)]
 SETTING = [("1", 1.0), ("2", 1.2), ("3", 1.1)]  # per seed: -0.3, -0.2, -0.1 against the baseline
@@ -33,12 +66,14 @@ def test_a_side_whose_runs_all_failed_is_not_applicable_not_a_crash():
 def test_paired_test_is_the_t_interval_of_the_per_seed_differences():
     compared = against_baseline(SETTING, BASELINE)
     se = 0.1 / math.sqrt(3)  # the differences' sd over sqrt(n)
-    half = stats.t.ppf(0.975, df=2) * se
+    q = 0.95  # df = 2: t(1 - alpha/2) = q * sqrt(2 / (1 - q^2)) in closed form
+    half = q * math.sqrt(2 / (1 - q * q)) * se
     assert compared.test == PAIRED
     assert compared.diff == pytest.approx(-0.2)
     assert compared.ci == pytest.approx((-0.2 - half, -0.2 + half))
     assert compared.ci == pytest.approx((-0.448414, 0.048414), abs=1e-6)  # t(0.975, 2) = 4.3027
-    assert compared.p == pytest.approx(2 * stats.t.sf(0.2 / se, df=2))
+    t = 0.2 / se
+    assert compared.p == pytest.approx(1 - t / math.sqrt(2 + t * t))  # df = 2 in closed form
     assert compared.p == pytest.approx(0.074180, abs=1e-6)
     # Undecided: a 4th seed would give a CI of half-width t(0.975, 3) * 0.1 / 2 = 0.159 < |Δ|, excluding 0.
     assert (compared.verdict, compared.alpha, compared.seeds_needed) == ("undecided", 0.05, 4)
@@ -51,12 +86,14 @@ def test_welch_test_uses_the_welch_satterthwaite_degrees_of_freedom():
     a, b = statistics.variance(values) / 4, statistics.variance(base) / 3
     df = (a + b) ** 2 / (a**2 / 3 + b**2 / 2)
     diff = statistics.mean(values) - statistics.mean(base)
-    half = stats.t.ppf(0.975, df) * math.sqrt(a + b)
     assert compared.test == WELCH
     assert df == pytest.approx(4.9592, abs=1e-4)
     assert compared.diff == pytest.approx(-0.15)
-    assert compared.ci == pytest.approx((diff - half, diff + half))
-    assert compared.p == pytest.approx(2 * stats.t.sf(abs(diff) / math.sqrt(a + b), df))
+    low, high = compared.ci
+    assert (low + high) / 2 == pytest.approx(diff)
+    # The CI's half-width is the t whose two-sided p is 0.05 at this df, times the standard error.
+    assert tail_by_integration((high - low) / 2 / math.sqrt(a + b), df) == pytest.approx(0.05, rel=1e-7)
+    assert compared.p == pytest.approx(tail_by_integration(diff / math.sqrt(a + b), df), rel=1e-7)
     assert compared.verdict == "undecided"
 
 

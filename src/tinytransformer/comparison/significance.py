@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from functools import lru_cache
 
 PAIRED, WELCH = "paired", "Welch"
 ALPHA = 0.05  # the chance of a false verdict we accept per setting, over all of its looks
@@ -65,14 +66,11 @@ def seeds_needed(diff: float, sd: float, n: int, rule: Rule) -> int | None:
     Decided means a CI half-width t * sd / sqrt(n) below |Δ| (it excludes 0) or below delta - |Δ| (it lies
     within ±delta), at one of the rule's seed counts.
     """
-    from scipy import stats
-
     wanted = max(abs(diff), rule.delta - abs(diff))
     for m in rule.schedule():
         if m <= n:
             continue
-        t = stats.t.ppf(1 - rule.alpha_at(m) / 2, m - 1)
-        if t * sd / math.sqrt(m) < wanted:
+        if t_critical(rule.alpha_at(m), m - 1) * sd / math.sqrt(m) < wanted:
             return m
     return None
 
@@ -129,22 +127,66 @@ def against_baseline(runs: Sample, baseline: Sample, rule: Rule | None = None) -
     diff = statistics.mean(values) - statistics.mean(base)
     spread = [[v - b for v, b in pairs]] if pairs is not None else [values, base]
     if all(statistics.stdev(s) == 0 for s in spread):
-        # t is 0/0 or ±inf (scipy says nan): identical runs are no difference, a constant shift is one.
+        # t is 0/0 or ±inf: identical runs are no difference, a constant shift is one.
         ci = (diff, diff)
         return Comparison(diff, ci, 1.0 if diff == 0 else 0.0, test, verdict(ci, rule.delta), alpha)
-    # Imported here: finding runs and every error of compare_runs need no scipy.
-    from scipy import stats
-
-    if pairs is not None:
-        result = stats.ttest_rel(values, base)
-    else:  # Welch: unequal variances, Welch–Satterthwaite df
-        result = stats.ttest_ind(values, base, equal_var=False)
-    interval = result.confidence_interval(confidence_level=1 - alpha)
-    ci = (float(interval.low), float(interval.high))
+    if pairs is not None:  # the differences' mean against 0, n - 1 degrees of freedom
+        se, df = statistics.stdev(spread[0]) / math.sqrt(n), n - 1
+    else:  # Welch: unequal variances, Welch–Satterthwaite degrees of freedom
+        a, b = (statistics.variance(s) / len(s) for s in spread)
+        se, df = math.sqrt(a + b), (a + b) ** 2 / (a**2 / (len(values) - 1) + b**2 / (len(base) - 1))
+    half = t_critical(alpha, df) * se
+    ci = (diff - half, diff + half)
     decided = verdict(ci, rule.delta)
     sd = math.sqrt(sum(statistics.variance(s) for s in spread))
     needed = seeds_needed(diff, sd, n, rule) if decided == UNDECIDED else None
-    return Comparison(diff, ci, float(result.pvalue), test, decided, alpha, needed)
+    return Comparison(diff, ci, two_sided_p(diff / se, df), test, decided, alpha, needed)
+
+
+# Student's t in pure Python, not scipy.stats: torchmetrics imports scipy.signal whenever scipy is installed,
+# which added ~0.7 s to every run's start (tests/test_significance.py checks these against closed forms).
+def two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with `df` (any real > 0) degrees of freedom: the regularized incomplete
+    beta function I_x(df/2, 1/2) at x = df / (df + t^2)."""
+    return incomplete_beta(df / 2, 0.5, df / (df + t * t))
+
+
+@lru_cache(maxsize=1024)
+def t_critical(alpha: float, df: float) -> float:
+    """The t whose two-sided p is `alpha`: a 1 - alpha CI is the mean ± t_critical * its standard error."""
+    low, high = 0.0, 1.0
+    while two_sided_p(high, df) > alpha:
+        low, high = high, 2 * high
+    while high - low > 1e-12 * high:  # bisection: two_sided_p falls as t grows
+        mid = (low + high) / 2
+        low, high = (mid, high) if two_sided_p(mid, df) > alpha else (low, mid)
+    return (low + high) / 2
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function, by its continued fraction (modified Lentz), as in
+    Numerical Recipes' betai: the fraction converges fast for x < (a + 1) / (a + b + 2), and
+    I_x(a, b) = 1 - I_{1-x}(b, a) covers the rest."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1 - incomplete_beta(b, a, 1 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+
+    def nonzero(v: float) -> float:
+        return v if abs(v) > 1e-300 else 1e-300
+
+    c, d = 1.0, 1 / nonzero(1 - (a + b) * x / (a + 1))
+    fraction = d
+    for m in range(1, 10_000):  # about sqrt(a) terms for a large a
+        even = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        for term in (even, odd):
+            d, c = 1 / nonzero(1 + term * d), nonzero(1 + term / c)
+            fraction *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
 
 
 def verdict_cell(c: Comparison, max_seeds: int) -> str:
