@@ -78,8 +78,8 @@ def start_cli(
     stderr=None,
     fresh: bool = False,
 ) -> subprocess.Popen | ForkedProcess:
-    """Start scripts/<script> as a user would, in the background, with 1 torch thread so it never fights
-    the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate()).
+    """Start scripts/<script> (or the program at an absolute path) as a user would, in the background, with
+    1 torch thread so it never fights the test process. stdout goes to `output`, stderr too unless given (read PIPEs with communicate()).
     The process is forked from the fork server, which has torch and Lightning imported already, unless
     `fresh` (a new interpreter: the processes a forked one spawns inherit the server's -W ignore)."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}

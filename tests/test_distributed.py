@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tests.conftest import TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import IN_PROCESS, TINY_RUN, run_cli, start_cli, wait_until
 
 from tinytransformer.data.datamodule import DataConfig, TextDataModule
 from tinytransformer.runtime.cli import CONFIG_DIR, ROOT, project_env
@@ -345,9 +345,11 @@ def start_and_signal(args: list[str], log_dir: Path, sig: int) -> subprocess.Pop
 @pytest.mark.slow
 def test_a_requeued_job_continues_from_the_checkpoint_its_requeue_signal_saved(log_dir):
     """SIGUSR2 (SLURM's notice, submitit's requeue signal): save, hand the signal on; the job run again in
-    the same dir (what a requeue does) continues to the end."""
+    the same dir (what a requeue does) continues to the end. In-process, as under submitit: the process that
+    gets the signal runs the job."""
     args = [
         "-m",
+        IN_PROCESS,
         *SHORT,
         "trainer.max_steps=400",
         f"paths.log_dir={log_dir}",

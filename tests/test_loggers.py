@@ -3,7 +3,6 @@ sweep job, read back with its own library's reader."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from tests.conftest import IN_PROCESS, TINY_RUN, run_cli
+from tests.conftest import IN_PROCESS, ROOT, TINY_RUN, run_cli, start_cli
 
 from tinytransformer.runtime import cli
 from tinytransformer.runtime.callbacks.hparams import HP_METRICS
@@ -140,38 +139,13 @@ def test_a_logger_whose_extra_is_missing_fails_before_any_work_in_one_line(
     assert not list(log_dir.iterdir())  # no run dir
 
 
-RACE = """
-import os, sys, time
-from importlib import import_module
-from pathlib import Path
-module, name = sys.argv[1].rsplit(".", 1)
-cls = getattr(import_module(module), name)
-import mlflow.store.tracking.sqlalchemy_store
-db, processes = Path(sys.argv[2]), int(sys.argv[3])
-(db.parent / f"ready-{os.getpid()}").touch()
-while len(list(db.parent.glob("ready-*"))) < processes:  # every process starts its logger at once
-    time.sleep(0.001)
-try:
-    logger = cls(experiment_name="train", run_name=f"r{os.getpid()}", tracking_uri=f"sqlite:///{db}")
-    logger.log_hyperparams({"a": 1})
-    print("ok")
-except Exception as err:
-    print(f"failed: {type(err).__name__}")
-"""
-
-
 def start_together(logger_class: str, db: Path, processes: int = 2) -> list[str]:
+    """tests/mlflow_race.py in `processes` processes at once: what each printed."""
     db.parent.mkdir()
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    race = [str(ROOT / "tests" / "mlflow_race.py"), logger_class, str(db), str(processes)]
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACE, logger_class, str(db), str(processes)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        for _ in range(processes)
+        start_cli(*race, output=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env) for _ in range(processes)
     ]
     return [proc.communicate(timeout=120)[0].strip() for proc in procs]
 

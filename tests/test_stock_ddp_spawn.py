@@ -3,26 +3,19 @@ promise. Each test runs the command line with `trainer=ddp_cpu` and Lightning's 
 and asserts the broken promise; test_distributed.py holds the same runs with ours, keeping them."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from tests.conftest import TINY_RUN
+from tests.conftest import TINY_RUN, run_cli
 
 from tinytransformer.runtime.cli import ROOT
 
-# The command line, with SpawnDDPStrategy replaced by the string Lightning reads as its own ddp_spawn.
-STOCK = (
-    "import sys; from tinytransformer.runtime import ddp; ddp.SpawnDDPStrategy = lambda: 'ddp_spawn'; "
-    "from tinytransformer.runtime.cli import train_main; sys.argv[0] = 'train.py'; train_main()"
-)
-
 
 def run_stock(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-c", STOCK, "trainer=ddp_cpu", *TINY_RUN, "test=false", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    """The command line with Lightning's own ddp_spawn (tests/stock_ddp_spawn_cli.py)."""
+    script = str(ROOT / "tests" / "stock_ddp_spawn_cli.py")
+    overrides = ["trainer=ddp_cpu", *TINY_RUN, "test=false", *args]
+    return run_cli(script, *overrides, timeout=240, env={"PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.slow

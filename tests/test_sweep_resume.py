@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import ROOT, TINY_RUN, run_cli, start_cli, wait_until
+from tests.conftest import IN_PROCESS, ROOT, TINY_RUN, run_cli, start_cli, wait_until
 from tests.test_compare_runs import table_rows
 from tests.test_errors import assert_one_line_error
 
@@ -47,30 +47,35 @@ def sweep_args(log_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
     return ["-m", *extra, f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}"]
 
 
-@pytest.mark.parametrize(
-    ("launcher", "steps"),
-    # The second job checkpoints at step 20 and runs on: time to kill it before its end. Side by side, the
-    # first job must not end before then either: the killed sweep's steps are slowed (SlowSteps).
-    [
-        ("resumable_basic", ["trainer.max_steps=100", "trainer.val_check_interval=50"]),
-        ("resumable_parallel", ["trainer.max_steps=100", "trainer.val_check_interval=50", SLOW]),
-    ],
-)
+# The second job checkpoints at step 20 and runs on: time to kill it before its end. Side by side, the first
+# job must not end before then either: the killed sweep's steps are slowed (SlowSteps).
+STEPS = ["trainer.max_steps=100", "trainer.val_check_interval=50", SLOW]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The sweep run once to its end, one job after another: with one thread a job, both launchers give
+    each job these numbers (test_parallel_launcher.py checks that)."""
+    log_dir = tmp_path_factory.mktemp("uninterrupted")
+    args = sweep_args(log_dir, log_dir / "sweep", *SWEEP, *STEPS, IN_PROCESS)
+    result = run_cli("train.py", *args, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return log_dir / "sweep"
+
+
+@pytest.mark.parametrize("launcher", ["resumable_basic", "resumable_parallel"])
 def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted_one(
-    tmp_path, launcher, steps
+    tmp_path, launcher, uninterrupted
 ):
     """One after another, job 0 is done when job 1 is killed; side by side (2 x 1 here), both are stopped
     at a checkpoint: the killed sweep's jobs get SIGTERM."""
-    reference_dir, sweep_dir = tmp_path / "reference", tmp_path / "sweep"
-    sweep = [*SWEEP, *steps, f"hydra/launcher={launcher}"]
+    sweep_dir = tmp_path / "sweep"
+    sweep = [*SWEEP, *STEPS, f"hydra/launcher={launcher}"]
     env = {"PYTHONPATH": str(ROOT)}
-    reference = run_cli("train.py", *sweep_args(tmp_path, reference_dir, *sweep), env=env)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
     args = sweep_args(tmp_path, sweep_dir, *sweep)
-    proc = start_cli("train.py", *args, env={**env, "SLOW_STEP_S": "0.2"})
-    last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
     side_by_side = launcher == "resumable_parallel"
+    proc = start_cli("train.py", *args, env={**env, "SLOW_STEP_S": "0.2"} if side_by_side else env)
+    last = sweep_dir / JOBS[1] / "checkpoints" / "last.ckpt"
     # Side by side, job 0 may start later than job 1 (each worker imports torch): both must be training.
     started = [sweep_dir / job / "checkpoints" / "last.ckpt" for job in JOBS[: 2 if side_by_side else 1]]
     wait_until(lambda: last.is_file() and all(p.is_file() for p in started), proc, what="the jobs' last.ckpt")
@@ -94,9 +99,9 @@ def test_a_sweep_killed_in_its_second_job_and_run_again_ends_as_an_uninterrupted
     assert f"job 1: continuing {sweep_dir / JOBS[1]} from {last}" in again.stdout
     assert "job 1: done before" not in again.stdout and "job 2: done before" not in again.stdout
     for job in JOBS:
-        resumed, uninterrupted = metrics(sweep_dir / job), metrics(reference_dir / job)
+        resumed, reference = metrics(sweep_dir / job), metrics(uninterrupted / job)
         assert resumed["status"] == "finished", job
-        assert {k: resumed[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}, job
+        assert {k: resumed[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}, job
 
     assert [row[1] for row in table_rows(compare(sweep_dir))] == ["3"]  # one setting, one run per seed
 

@@ -79,6 +79,9 @@ class SeedSweeper(Sweeper):
         with read_write(recorded):  # (a grid of one setting has nothing to name it by)
             recorded.hydra.sweeper.baseline = names[baseline] if len(names) > 1 else None
         write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(recorded).encode())
+        # Every setting composes before any job runs. Its jobs differ only in `seed`, an int that cannot make
+        # a composition fail: one check each, not one per job (each costs a whole Hydra compose).
+        self.validate_batch_is_legal([[*overrides, "seed=1"] for overrides in settings.values()])
         results: Results = {setting: {} for setting in settings}
         job_num, round_num = 0, 0
         while plan := next_seeds(results, baseline, rule):
@@ -88,7 +91,6 @@ class SeedSweeper(Sweeper):
             ]
             planned = "; ".join(f"{names[setting]}: seeds {seeds}" for setting, seeds in plan.items())
             log.info(f"round {round_num}: {len(batch)} jobs ({planned})")
-            self.validate_batch_is_legal(batch)
             self.launcher.launch(batch, initial_job_idx=job_num)
             job_num += len(batch)
             read_results(sweep_dir, plan, results, s.metric)
