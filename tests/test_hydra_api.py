@@ -2,16 +2,23 @@
 and hydra-submitit-launcher's minor versions for them. A failure names the changed call."""
 
 import inspect
+import pickle
 import re
 from importlib.metadata import version
+from types import SimpleNamespace
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra._internal.utils import create_config_search_path
 from hydra.core.utils import run_job
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, RunMode
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tinytransformer.runtime.cli import ROOT
+from hydra_plugins.tinytransformer_launchers.resumable import compose_once
+from tinytransformer.runtime.cli import CONFIG_DIR, ROOT, project_env
 
 USED_BY = "src/hydra_plugins/tinytransformer_launchers/ uses it"
 
@@ -56,3 +63,33 @@ def test_submitit_launcher_runs_each_job_through_call_as_submitit_launchers_copi
     ):
         assert step in source, f"BaseSubmititLauncher.__call__ changed ({step!r} is gone): {USED_BY}"
     assert "map_array(self," in inspect.getsource(BaseSubmititLauncher.launch), USED_BY
+
+
+def test_a_job_the_sweeper_checked_is_composed_once_and_each_launch_gets_its_own_copy(monkeypatch):
+    """compose_once: Hydra's sweepers check each job through hydra_context.config_loader, and the launcher's
+    compose of that job reuses the check's config."""
+    project_env()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    master = loader.load_configuration("train", ["model=tiny"], run_mode=RunMode.MULTIRUN)
+    composes = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_configuration",
+        lambda *a, **k: composes.append(a) or load(*a, **k),
+    )
+    context = HydraContext(loader, callbacks=None)
+    compose_once(context)
+    sweeper = SimpleNamespace(hydra_context=context, config=master)  # what the check reads of a sweeper
+    batch = [["model.dropout=0.1", "seed=1"], ["model.dropout=0.2", "seed=1"]]
+    Sweeper.validate_batch_is_legal(sweeper, batch)  # as Hydra's BasicSweeper.sweep does before launching
+    assert len(composes) == 2
+    launched = [loader.load_sweep_config(master, overrides) for overrides in batch]  # as job_config does
+    assert len(composes) == 2 and [c.model.dropout for c in launched] == [0.1, 0.2]
+    assert loader.load_sweep_config(master, batch[0]).model.dropout == 0.1  # taken once: composed anew
+    assert len(composes) == 3
+    Sweeper.validate_batch_is_legal(sweeper, [batch[1]])
+    other = loader.load_configuration("train", ["model=small"], run_mode=RunMode.MULTIRUN)
+    assert loader.load_sweep_config(other, batch[1]).model.d_model == 128  # another master: its own
+    assert len(composes) == 6  # the check, the other master, and the other master's job
+    assert pickle.loads(pickle.dumps(loader)).load_sweep_config(master, batch[1]).model.dropout == 0.2

@@ -9,7 +9,12 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 
-from hydra_plugins.tinytransformer_launchers.resumable import job_config, register_launcher, skipped_job
+from hydra_plugins.tinytransformer_launchers.resumable import (
+    compose_once,
+    job_config,
+    register_launcher,
+    skipped_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,10 @@ class ResumableBasicLauncher(BasicLauncher):
     def __init__(self, skip_failed: bool = False) -> None:
         super().__init__()
         self.skip_failed = skip_failed
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        compose_once(hydra_context)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """BasicLauncher.launch (hydra-core 1.3), but a job done before is skipped before run_job, which

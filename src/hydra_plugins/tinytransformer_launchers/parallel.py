@@ -30,6 +30,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict, read_write
 
 from hydra_plugins.tinytransformer_launchers.resumable import (
+    compose_once,
     job_config,
     job_dir,
     register_launcher,
@@ -63,6 +64,7 @@ class ResumableParallelLauncher(Launcher):
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        compose_once(hydra_context)
 
     @exit_on_user_error
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

@@ -1,5 +1,6 @@
 """Which jobs a re-run of a sweep does not run again, and what the sweeper gets back for them."""
 
+import copy
 import functools
 import json
 import os
@@ -29,6 +30,37 @@ class SkippedJob(JobReturn):
     """A job its dir holds as finished (or failed, with skip_failed): not run again, its files untouched."""
 
     line: str = ""  # `job N: done before (<dir>), skipped`
+
+
+class _Composed(dict):
+    """A sweep's composed job configs, by overrides; pickled empty (a launcher or its context may be sent
+    to another process)."""
+
+    def __reduce__(self):
+        return _Composed, ()
+
+
+def compose_once(hydra_context) -> None:
+    """Each job of a sweep is composed twice: the sweeper checks that every job of a batch composes before
+    any runs (Hydra's validate_batch_is_legal), then the launcher composes it to run it, ~0.2 s each here.
+    The same master config and overrides compose the same config: the launcher takes a copy of the
+    check's. Done in a launcher's setup, on the config loader the sweeper shares."""
+    loader = hydra_context.config_loader
+    if "load_sweep_config" not in vars(loader):
+        loader.load_sweep_config = functools.partial(
+            _load_sweep_config, type(loader).load_sweep_config, loader, _Composed()
+        )
+
+
+def _load_sweep_config(load, loader, composed: _Composed, master_config, sweep_overrides) -> DictConfig:
+    key = tuple(sweep_overrides)
+    master, config = composed.pop(key, (None, None))
+    if master is not master_config:  # not checked before (a later batch, or an Optuna trial)
+        config = load(loader, master_config, list(sweep_overrides))
+        if len(composed) >= 1024:  # a grid larger than that is checked whole before it runs
+            composed.pop(next(iter(composed)))
+        composed[key] = (master_config, config)  # for the launcher, which composes it next
+    return copy.deepcopy(config)
 
 
 def job_dir(sweep_config: DictConfig) -> Path:
