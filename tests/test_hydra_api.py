@@ -2,14 +2,17 @@
 and hydra-submitit-launcher's minor versions for them. A failure names the changed call."""
 
 import inspect
+import json
 import pickle
 import re
+import sys
 from importlib.metadata import version
 from types import SimpleNamespace
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra._internal.utils import create_config_search_path
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import _run_hydra, create_config_search_path
 from hydra.core.utils import run_job
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode
@@ -18,9 +21,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from hydra_plugins.tinytransformer_launchers.resumable import compose_once
+from tinytransformer.runtime import cli
 from tinytransformer.runtime.cli import CONFIG_DIR, ROOT, project_env
 
 USED_BY = "src/hydra_plugins/tinytransformer_launchers/ uses it"
+USED_BY_CLI = "runtime/cli.py:known_mode relies on it"
 
 
 def parameters(function) -> list[str]:
@@ -93,3 +98,23 @@ def test_a_job_the_sweeper_checked_is_composed_once_and_each_launch_gets_its_own
     assert loader.load_sweep_config(other, batch[1]).model.d_model == 128  # another master: its own
     assert len(composes) == 6  # the check, the other master, and the other master's job
     assert pickle.loads(pickle.dumps(loader)).load_sweep_config(master, batch[1]).model.dropout == 0.2
+
+
+def test_hydra_reads_the_mode_through_get_mode_which_a_run_answers_from_its_preflight(tmp_path, monkeypatch):
+    """cli.known_mode: Hydra's main asks Hydra.get_mode, which composes the config only to read hydra.mode;
+    a run tells it the mode its preflight composed, so a run composes twice, not three times."""
+    source = "".join(inspect.getsource(_run_hydra).split())
+    assert "run_mode=hydra.get_mode(config_name=config_name,overrides=overrides)" in source, USED_BY_CLI
+    assert "returncfg.hydra.mode" in "".join(inspect.getsource(Hydra.get_mode).split()), USED_BY_CLI
+    composes = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(
+        ConfigLoaderImpl, "load_configuration", lambda *a, **k: composes.append(a) or load(*a, **k)
+    )
+    get_mode = Hydra.get_mode
+    tiny = ["model=tiny", "data.num_chars=3000", "trainer.max_steps=2", "test=false"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny, f"paths.log_dir={tmp_path}"])
+    cli.train_main()
+    assert len(composes) == 2 and Hydra.get_mode is get_mode  # preflight's and the run's; restored
+    (run_dir,) = tmp_path.glob("train/runs/*/*")
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2

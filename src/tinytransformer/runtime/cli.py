@@ -76,7 +76,7 @@ def train_main() -> None:
         sys.argv = [sys.argv[0], *argv, *launch.QUIET_RANK_OVERRIDES]
         hydra_train()
         return
-    config_dir, config_name, extra = CONFIG_DIR, "train", []
+    config_dir, config_name, extra, cfg = CONFIG_DIR, "train", [], None
     try:
         overrides, multirun, hydra_flag = parse_args(argv)
         resume = override_value(overrides, "resume")
@@ -109,7 +109,7 @@ def train_main() -> None:
     else:  # flags first: Lightning's ddp appends overrides when it re-runs this command for other ranks
         flags = [a for a in argv if a.startswith("-")]
         sys.argv = [sys.argv[0], *flags, *config, *overrides, *extra]
-    hydra_train()
+    hydra_train(cfg)
 
 
 def compose_cli(config_name: str, argv: list[str]):
@@ -294,7 +294,27 @@ def _write_failed(err: OSError, output_dir: Path, job: int | None, sweep_dir: Pa
     sys.exit(EXIT_OS_ERROR)
 
 
-def hydra_train() -> None:
+def hydra_train(preflight_cfg=None) -> None:
+    """Hydra's main on sys.argv; `preflight_cfg`: the config preflight composed from the same overrides."""
     import hydra
 
-    hydra.main(version_base="1.3", config_path=None, config_name=None)(_hydra_train)()
+    with known_mode(preflight_cfg):
+        hydra.main(version_base="1.3", config_path=None, config_name=None)(_hydra_train)()
+
+
+@contextmanager
+def known_mode(preflight_cfg) -> Iterator[None]:
+    """Hydra's main composes the whole config once more only to read hydra.mode (Hydra.get_mode, ~0.2 s,
+    as long as a tiny run's training): preflight has composed the same overrides, so Hydra is told its
+    value. hydra.mode comes from the configs alone (experiment=regularization sets MULTIRUN)."""
+    from hydra._internal.hydra import Hydra
+
+    if preflight_cfg is None:  # a Hydra flag (--cfg, ...), or a DDP rank Lightning started
+        yield
+        return
+    get_mode, mode = Hydra.get_mode, preflight_cfg.hydra.get("mode")
+    Hydra.get_mode = lambda self, config_name, overrides: mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = get_mode
