@@ -269,7 +269,7 @@ def test_a_batch_too_large_for_memory_is_one_line_and_recorded_as_failed(tmp_pat
 
 def test_a_gpu_out_of_memory_error_is_one_line_and_other_runtime_errors_are_not_touched():
     from tinytransformer.errors import UserError
-    from tinytransformer.runtime.cli import out_of_memory_as_user_error
+    from tinytransformer.runtime.job import out_of_memory_as_user_error
 
     message = "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 79.19 GiB"
     refused = r"^out of memory \(tried to allocate 20.00 MiB\); lower data\."

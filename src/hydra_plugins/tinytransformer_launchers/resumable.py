@@ -140,7 +140,7 @@ def _ran_with(run_dir: str, written: int) -> frozenset[str] | None:
 
 
 def skipped_job(sweep_config: DictConfig, skip_failed: bool) -> SkippedJob | None:
-    """The result of a job done before, as `_hydra_train` returned it (its best val loss; None for a failed
+    """The result of a job done before, as `train_job` (runtime/job.py) returned it (its best val loss; None for a failed
     job), or None: the job runs (again). Must be decided before run_job, which rewrites .hydra/ and the log."""
     run_dir = job_dir(sweep_config)
     if (run_dir / FAILED_FILE).is_file():

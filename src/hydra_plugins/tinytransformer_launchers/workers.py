@@ -103,7 +103,7 @@ class Worker:
         return 0 if self.alive() else self.proc.wait()
 
     def finish(self, code: int) -> JobReturn:
-        """The job's result as `_hydra_train` returned it (its best val loss, None for a failed job), read
+        """The job's result as `train_job` (runtime/job.py) returned it (its best val loss, None for a failed job), read
         from its run dir; its line for the terminal."""
         job, self.job = self.job, None
         job.code = code
